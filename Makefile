@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch 2.14.1 + torchvision 0.29.1 install from local disk on the project's machines;
+# elsewhere pip downloads them (override TORCH to pick another build).
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.vgkit-installed
+
+.PHONY: demo test lint docs clean-venv
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+	$(BIN)/mkdocs build --strict -q -d $(VENV)/site
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+docs: $(STAMP)
+	$(BIN)/mkdocs serve
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,177 @@
+"""Backbones: VGG16 up to conv5_3 + ReLU (the paper's image model, §3.1) and any timm model.
+
+Weights always come from a local file (torchvision or timm layout, ``.pth`` or
+``.safetensors``): nothing is downloaded. Without a file the weights are random
+and a warning says so, because features of a random VGG16 are not the paper's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import timm
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from vgkit.errors import VgkitError
+from vgkit.interfaces import Backbone
+
+
+class RandomWeightsWarning(UserWarning):
+    """A backbone was built without pretrained weights."""
+
+
+class BackboneOptions(BaseModel):
+    """Options of the vgg16 and timm:* backbones."""
+
+    model_config = ConfigDict(extra="forbid")
+    weights: str | None = None  # local weights file; None: random init (warned)
+    frozen: bool = True  # the paper never updates VGG16 (§4.2)
+    stride: Literal[16, 32] = 16  # timm:* only: which feature map to take
+    channels_last: bool = True  # fastest layout for convolutions on CPU and GPU
+
+
+class TimmBackbone(Backbone):
+    """One stride-16 or stride-32 feature map of a timm model, via ``features_only``."""
+
+    def __init__(self, model_name: str, opts: BackboneOptions) -> None:
+        super().__init__()
+        weights = _check_weights(opts.weights)
+        if weights is None:
+            warnings.warn(f"backbone {model_name}: no weights file given, using RANDOM weights "
+                          "(set model.backbone.weights=PATH for pretrained features)",
+                          RandomWeightsWarning, stacklevel=3)
+        reductions = _reductions(model_name)
+        if opts.stride not in reductions:
+            raise VgkitError(f"timm model {model_name!r} has no stride-{opts.stride} feature map "
+                             f"(it has {reductions})")
+        # the last map at the wanted stride is the deepest one (VGG16: conv5_3 + ReLU)
+        index = max(i for i, r in enumerate(reductions) if r == opts.stride)
+        kwargs: dict[str, Any] = {"features_only": True, "out_indices": (index,)}
+        own_loader = model_name == "vgg16"  # needs only conv weights: see _load_vgg_features
+        if weights is not None and not own_loader:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+        try:
+            self.body = timm.create_model(model_name, **kwargs)
+        except RuntimeError as exc:  # state-dict mismatch: say which file, not a torch dump
+            first = str(exc).strip().splitlines()[0:2]
+            raise VgkitError(f"{weights}: does not fit timm model {model_name!r}: "
+                             f"{' '.join(first)[:300]}") from exc
+        if weights is not None and own_loader:
+            _load_vgg_features(self.body, weights)
+        self.model_name, self.weights = model_name, weights
+        self.channels = int(self.body.feature_info.channels()[-1])
+        self.stride = opts.stride
+        self.frozen = opts.frozen
+        self._digest: str | None = None
+        self.channels_last = opts.channels_last
+        if opts.channels_last:
+            self.body = self.body.to(memory_format=torch.channels_last)
+        if self.frozen:
+            self.body.requires_grad_(False)
+            self.body.eval()
+
+    def train(self, mode: bool = True) -> TimmBackbone:
+        """Keep a frozen backbone in eval mode (batch-norm statistics must not move)."""
+        super().train(mode)
+        if self.frozen:
+            self.body.eval()
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] -> V_map [B, channels, H/stride, W/stride]."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.frozen:  # no graph through a frozen network: saves its activations' memory
+            with torch.no_grad():
+                return self.body(images)[-1]
+        return self.body(images)[-1]
+
+    def identity(self) -> dict[str, Any]:
+        """Model name, stride and the weights file's sha256 (or "random")."""
+        if self._digest is None:
+            self._digest = _sha256(self.weights) if self.weights else "random"
+        return {"model": self.model_name, "stride": self.stride, "weights_sha256": self._digest}
+
+
+def _reductions(model_name: str) -> list[int]:
+    """Strides of a timm model's feature maps; built on the meta device (no weights, no time)."""
+    try:
+        with torch.device("meta"):
+            return list(timm.create_model(model_name, features_only=True).feature_info.reduction())
+    except (RuntimeError, NotImplementedError, TypeError):  # a model that cannot live on meta
+        return list(timm.create_model(model_name, features_only=True).feature_info.reduction())
+
+
+def _check_weights(path: str | None) -> Path | None:
+    if path is None or path == "":
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise VgkitError(f"backbone weights file not found: {p}")
+    if p.suffix not in {".pth", ".pt", ".bin", ".safetensors"}:
+        raise VgkitError(f"backbone weights {p}: expected .pth, .pt, .bin or .safetensors")
+    return p
+
+
+def _load_vgg_features(body: torch.nn.Module, path: Path) -> None:
+    """Load the conv layers of a torchvision- or timm-layout VGG16 file into `body`.
+
+    Both layouts name the convolutions ``features.<i>.*``; the classifier is not
+    needed, so a file holding only the convolutions works too. ``.pth`` files are
+    read with ``weights_only=True``: nothing in them is executed.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors come in many types
+            raise VgkitError(f"{path}: not a loadable weights file ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]})") from exc
+        for key in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+    if not isinstance(state, dict):
+        raise VgkitError(f"{path}: expected a state dict, found {type(state).__name__}")
+    # FeatureListNet flattens "features.28" into "features_28"
+    wanted = body.state_dict()
+    convs = {k.replace("module.", "", 1).replace("features.", "features_", 1): v
+             for k, v in state.items() if k.replace("module.", "", 1).startswith("features.")}
+    missing = [k for k in wanted if k not in convs]
+    if missing:
+        raise VgkitError(f"{path}: not VGG16 weights: missing {len(missing)} conv tensors "
+                         f"(e.g. {missing[0].replace('features_', 'features.')})")
+    bad = [k for k in wanted if tuple(convs[k].shape) != tuple(wanted[k].shape)]
+    if bad:
+        raise VgkitError(f"{path}: {bad[0].replace('features_', 'features.')} has shape "
+                         f"{tuple(convs[bad[0]].shape)}, VGG16 needs {tuple(wanted[bad[0]].shape)}")
+    body.load_state_dict({k: convs[k] for k in wanted})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_vgg16(opts: BackboneOptions) -> TimmBackbone:
+    """VGG16 conv5_3 + ReLU: 512 x 14 x 14 at 224 x 224 (V_map of §3.1), frozen by default."""
+    if opts.stride != 16:
+        raise VgkitError("backbone vgg16: conv5_3 is the stride-16 map; stride must be 16")
+    return TimmBackbone("vgg16", opts)
+
+
+def build_timm(opts: BackboneOptions, *, variant: str) -> TimmBackbone:
+    """Any timm model's deepest stride-16 or stride-32 map (``timm:<model name>``)."""
+    if variant not in timm.list_models():
+        raise VgkitError(f"timm has no model {variant!r} (see timm.list_models())")
+    return TimmBackbone(variant, opts)

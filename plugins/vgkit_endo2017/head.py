@@ -1,0 +1,63 @@
+"""The paper's region prediction model (§3.5): an MLP that regresses g = (x, y, w, h)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from vgkit.interfaces import FeatureSpec, GroundingState, Head
+
+
+class BoxRegressionOptions(BaseModel):
+    """Options of ``box-regression`` (Table 1: hidden 450, 2 layers, dropout 0.6)."""
+
+    model_config = ConfigDict(extra="forbid")
+    hidden: int = Field(450, gt=0)
+    layers: int = Field(2, ge=1, le=3)
+    dropout: float = Field(0.6, ge=0, lt=1)
+    output: Literal["relu", "linear"] = "relu"  # the paper: g = relu(...); linear is a departure
+
+
+class BoxRegression(Head):
+    """h_p = tanh(W_pv v^I_alpha + W_pt v'_T + b_ph); g = relu(W_p h_p + b_p).
+
+    g is (x, y, w, h) in pixels of the network input (224 x 224 in the paper).
+    Without attention modules ``visual`` is V pooled over regions and ``text`` is v_T.
+    """
+
+    box_format = "xywh-pixels"
+
+    def __init__(self, opts: BoxRegressionOptions, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.W_pv = nn.Linear(spec.visual_dim, opts.hidden)  # its bias is b_ph
+        self.W_pt = nn.Linear(spec.text_dim, opts.hidden, bias=False) if spec.text_dim else None
+        mods: list[nn.Module] = []
+        for _ in range(opts.layers - 1):
+            mods += [nn.Dropout(opts.dropout), nn.Linear(opts.hidden, opts.hidden), nn.Tanh()]
+        self.deeper = nn.Sequential(*mods)
+        self.drop = nn.Dropout(opts.dropout)
+        self.W_p = nn.Linear(opts.hidden, 4)  # its bias is b_p
+        self.output = opts.output
+
+    def forward(self, state: GroundingState) -> Tensor:
+        """Regress g [B, 4] = (x, y, w, h)."""
+        pre = self.W_pv(state.visual)
+        if self.W_pt is not None and state.text is not None:
+            pre = pre + self.W_pt(state.text)
+        h_p = self.deeper(torch.tanh(pre))
+        g = self.W_p(self.drop(h_p))
+        return torch.relu(g) if self.output == "relu" else g
+
+    def init_output_bias(self, box: Tensor) -> None:
+        """b_p <- box, W_p <- small, so the untrained head predicts about `box` (x, y, w, h)."""
+        with torch.no_grad():
+            self.W_p.bias.copy_(box.to(self.W_p.bias))
+            self.W_p.weight.mul_(0.01)
+
+
+def build_box_regression(opts: BoxRegressionOptions, *, spec: FeatureSpec) -> BoxRegression:
+    """The paper's region prediction MLP (§3.5)."""
+    return BoxRegression(opts, spec)

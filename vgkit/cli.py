@@ -1,0 +1,142 @@
+"""The ``vgkit`` command line (Typer + rich)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+import vgkit
+from vgkit.errors import VgkitError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(help="vgkit: visual grounding toolkit (phrase -> box).", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+recipes_app = typer.Typer(help="List and show recipes.", invoke_without_command=True)
+app.add_typer(recipes_app, name="recipes")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(fn: F) -> F:
+    """Print a VgkitError as one line and exit with status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VgkitError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _show_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"vgkit {vgkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    warnings.showwarning = _show_warning
+
+
+@app.command()
+@user_errors
+def plugins() -> None:
+    """List installed plugins: distribution, version, what each registered, load errors."""
+    from vgkit.plugins import get_host
+
+    host = get_host()
+    table = Table(title="vgkit plugins", show_lines=True)
+    for col in ("plugin", "distribution", "version", "status", "registered"):
+        table.add_column(col)
+    for p in host.plugins:
+        by_kind: dict[str, list[str]] = {}
+        for kind, name in p.registered:
+            by_kind.setdefault(kind, []).append(name)
+        what = "\n".join(f"{k}: {', '.join(v)}" for k, v in by_kind.items())
+        status = {"ok": "[green]ok[/]", "disabled": "[dim]disabled[/]"}.get(
+            p.status, f"[red]error[/]\n{p.error}")
+        table.add_row(p.name, p.distribution, p.version, status, what or "-")
+    console.print(table)
+    if not host.plugins:
+        console.print("no plugins installed (entry-point group 'vgkit.plugins')")
+
+
+@recipes_app.callback()
+@user_errors
+def recipes(ctx: typer.Context) -> None:
+    """List the registered recipes (``vgkit recipes show NAME`` prints one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vgkit.plugins import get_registry
+
+    table = Table(title="recipes")
+    for col in ("name", "plugin", "description"):
+        table.add_column(col)
+    registry = get_registry()
+    for comp in registry.components("recipe"):
+        data = registry.build("recipe", comp.name)
+        table.add_row(comp.name, comp.plugin, str(data.get("description", "")))
+    console.print(table)
+
+
+@recipes_app.command("show")
+@user_errors
+def recipes_show(
+    name: str = typer.Argument(..., help="A recipe name or a TOML/YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a value: key=value (repeatable)."),
+) -> None:
+    """Print a recipe with every option resolved, and the model's parameter count."""
+    from vgkit.model import build_model, count_parameters
+    from vgkit.plugins import get_registry
+    from vgkit.recipe import load_recipe
+
+    registry = get_registry()
+    recipe = load_recipe(name, set_, registry=registry)
+    text = yaml.safe_dump(recipe.resolved(registry), sort_keys=False)
+    console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    with warnings.catch_warnings():  # counting parameters needs no pretrained weights
+        warnings.simplefilter("ignore")
+        model, _ = build_model(recipe, registry, backbone_options={"weights": None})
+    table = Table(title=f"parameters of {recipe.name}")
+    for col in ("component", "trainable", "frozen"):
+        table.add_column(col)
+    (table.columns[1].justify, table.columns[2].justify) = ("right", "right")
+    parts = [("backbone", model.backbone), ("text_encoder", model.text_encoder)]
+    parts += [(f"attention.{i}", a) for i, a in enumerate(model.attention)] + [("head", model.head)]
+    for label, module in parts:
+        t, f = count_parameters(module)
+        table.add_row(label, f"{t:,}", f"{f:,}")
+    t, f = count_parameters(model)
+    table.add_row("[bold]total[/]", f"[bold]{t:,}[/]", f"[bold]{f:,}[/]")
+    console.print(table)
+    vocab = len(model.text_encoder.vocab) if hasattr(model.text_encoder, "vocab") else None
+    if vocab:
+        console.print(f"(text encoder counted with a vocabulary of {vocab:,} tokens)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except VgkitError as exc:  # raised outside a command (e.g. strict plugin loading)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

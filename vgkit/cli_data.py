@@ -1,0 +1,205 @@
+"""``vgkit data``: build a dataset index from raw annotations and summarise one.
+
+Errors are :class:`VgkitError`; the top-level CLI prints them as one line.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vgkit.data.index import DatasetIndex, Record
+from vgkit.data.referit import FORMATS, load_referit
+from vgkit.errors import UnknownNameError, VgkitError
+from vgkit.text import Vocabulary
+
+app = typer.Typer(help="Prepare dataset indexes from raw annotations and inspect them.",
+                  no_args_is_help=True)
+
+# dataset name -> loader(root, format, strict) -> DatasetIndex
+LOADERS: dict[str, Callable[[Path, str, bool], DatasetIndex]] = {
+    "referit": lambda root, fmt, strict: load_referit(root, fmt, strict=strict),
+}
+DEFAULT_OUT = "vgkit-index"
+_SHOW = 5  # how many example paths to print
+_LENGTH_BINS = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 10), (11, 20), (21, None))
+_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def _console() -> Console:
+    # Built per command so output goes to the stdout current at call time (CliRunner swaps it).
+    return Console(highlight=False, soft_wrap=True)
+
+
+def missing_images(index: DatasetIndex, root: Path) -> tuple[int, int, list[str]]:
+    """(missing, distinct images, first few missing paths) of `index` under `root`."""
+    paths = sorted({r.image_path for r in index})
+    missing = [p for p in paths if not (root / p).is_file()]
+    return len(missing), len(paths), missing[:_SHOW]
+
+
+@app.command()
+def prepare(
+    dataset: str = typer.Argument(..., help="Dataset name: referit."),
+    root: Path = typer.Option(..., "--root", help="Directory holding the raw annotations."),
+    format: str = typer.Option("auto", "--format",
+                               help=f"Annotation form: auto, {', '.join(FORMATS)}."),
+    out: Path | None = typer.Option(None, "--out",
+                                    help=f"Index directory [default: ROOT/{DEFAULT_OUT}]."),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Fail on any bad box, empty or undecodable phrase."),
+) -> None:
+    """Read a dataset's annotations and write a vgkit index (manifest.json + records.jsonl)."""
+    if dataset not in LOADERS:
+        raise UnknownNameError("dataset", dataset, LOADERS)
+    if not root.is_dir():
+        raise VgkitError(f"--root {root} is not a directory")
+    out_dir = out if out is not None else root / DEFAULT_OUT
+    if out is None and not root.stat().st_mode & 0o222:
+        # Checked by mode bits, not os.access: as root, os.access would say yes and the
+        # index would land inside a dataset directory marked read-only.
+        raise VgkitError(f"{root} is read-only; choose where to write the index with --out")
+    index = LOADERS[dataset](root, format, strict)
+    if not len(index):
+        raise VgkitError(f"{root}: no {dataset} expressions found")
+    n_missing, n_images, examples = missing_images(index, root)
+    index.meta["missing_images"] = {"count": n_missing, "images": n_images, "examples": examples}
+    try:
+        index.save(out_dir)
+    except OSError as e:
+        raise VgkitError(f"cannot write the index to {out_dir} ({e.strerror or e}); "
+                         f"choose another place with --out") from None
+
+    con = _console()
+    table = Table(title=f"{dataset} ({index.source} form) -> {out_dir}")
+    table.add_column("split")
+    table.add_column("expressions", justify="right")
+    table.add_column("images", justify="right")
+    images: dict[str, set[str]] = {}
+    for r in index:
+        images.setdefault(r.split, set()).add(r.image_id)
+    for split, n in index.splits().items():
+        table.add_row(split, f"{n:,}", f"{len(images[split]):,}")
+    con.print(table)
+    if n_missing:
+        what = "none of the" if n_missing == n_images else f"{n_missing:,} of"
+        con.print(f"[yellow]missing images:[/] {what} {n_images:,} images exist under {root}; "
+                  f"first: {', '.join(examples)}")
+    else:
+        con.print(f"images: all {n_images:,} found under {root}")
+    _print_problems(con, index.meta)
+
+
+def _print_problems(con: Console, meta: dict[str, Any]) -> None:
+    counts = meta.get("problems", {}).get("counts", {})
+    if counts:
+        con.print("[yellow]problems[/] (per expression): "
+                  + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        for kind, examples in meta["problems"].get("examples", {}).items():
+            for ex in examples[:2]:
+                con.print(f"  {kind}: {ex}")
+    else:
+        con.print("problems: none")
+    for note in meta.get("notes", []):
+        con.print(f"note: {note}")
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile of an already sorted, non-empty sequence."""
+    return sorted_values[round(q * (len(sorted_values) - 1))]
+
+
+def expressions(index: DatasetIndex, split: str | None) -> list[Record]:
+    """The records to summarise: one split, or every expression once (trainval repeats train/val)."""
+    if split is not None:
+        return index.split(split).records
+    seen: dict[tuple[Any, ...], Record] = {}
+    for r in index:
+        seen.setdefault((r.image_id, r.ref_id, r.sent_id, r.phrase, r.box), r)
+    return list(seen.values())
+
+
+def length_histogram(lengths: Sequence[int]) -> list[tuple[str, int]]:
+    """Counts of token lengths in fixed bins (1, 2, ..., 6-10, 11-20, 21+)."""
+    rows = []
+    for lo, hi in _LENGTH_BINS:
+        label = str(lo) if lo == hi else (f"{lo}-{hi}" if hi else f"{lo}+")
+        rows.append((label, sum(1 for n in lengths if n >= lo and (hi is None or n <= hi))))
+    return rows
+
+
+def vocab_coverage(records: Sequence[Record], vocab: Vocabulary) -> dict[str, Any]:
+    """Share of tokens (and of distinct tokens) found in `vocab`, plus the commonest unknowns."""
+    counts = Counter(t for r in records for t in r.tokens)
+    total = sum(counts.values())
+    known = sum(n for t, n in counts.items() if t in vocab)
+    unknown = Counter({t: n for t, n in counts.items() if t not in vocab})
+    return {"tokens": total, "token_share": known / total if total else 0.0,
+            "types": len(counts), "type_share": (len(counts) - len(unknown)) / len(counts)
+            if counts else 0.0, "top_unknown": unknown.most_common(_SHOW)}
+
+
+@app.command()
+def info(
+    index_dir: Path = typer.Argument(..., help="An index directory written by `prepare`."),
+    vocab: Path | None = typer.Option(None, "--vocab", help="Vocabulary file (one token a line)."),
+    split: str | None = typer.Option(None, "--split", help="Summarise one split only."),
+) -> None:
+    """Summarise an index: counts per split, phrase lengths, box sizes, vocabulary coverage."""
+    index = DatasetIndex.load(index_dir)
+    voc = Vocabulary.from_file(vocab) if vocab is not None else None
+    records = expressions(index, split)
+    con = _console()
+    con.print(f"[bold]{index.name}[/] ({index.source or '?'} form): {len(index):,} records, "
+              f"digest {index.digest()[:12]}")
+    t = Table(title="splits")
+    t.add_column("split")
+    t.add_column("expressions", justify="right")
+    for name, n in index.splits().items():
+        t.add_row(name, f"{n:,}")
+    con.print(t)
+    scope = f"split {split}" if split else "all expressions, each once"
+    if not records:
+        con.print(f"no expressions in {scope}")
+        return
+
+    lengths = sorted(len(r.tokens) for r in records)
+    con.print(f"phrase length in tokens ({scope}): mean {statistics.fmean(lengths):.2f}, "
+              f"median {statistics.median(lengths):g}, max {lengths[-1]}")
+    h = Table(title="phrase length histogram")
+    h.add_column("tokens")
+    h.add_column("expressions", justify="right")
+    h.add_column("")
+    hist = length_histogram(lengths)
+    top = max(n for _, n in hist) or 1
+    for label, n in hist:
+        h.add_row(label, f"{n:,}", "█" * round(30 * n / top))
+    con.print(h)
+
+    areas = sorted((r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) / (r.width * r.height)
+                   for r in records if r.width > 0 and r.height > 0)
+    if areas:
+        b = Table(title="box area / image area")
+        for q in _QUANTILES:
+            b.add_column({0.0: "min", 1.0: "max"}.get(q, f"q{round(q * 100)}"), justify="right")
+        b.add_row(*(f"{_quantile(areas, q):.4f}" for q in _QUANTILES))
+        con.print(b)
+    if len(areas) < len(records):
+        con.print(f"box sizes: {len(records) - len(areas):,} expressions have no image size")
+
+    if voc is not None:
+        cov = vocab_coverage(records, voc)
+        con.print(f"vocabulary {vocab} ({len(voc):,} tokens): covers {cov['token_share']:.2%} "
+                  f"of {cov['tokens']:,} tokens, {cov['type_share']:.2%} of {cov['types']:,} "
+                  f"distinct tokens")
+        if cov["top_unknown"]:
+            con.print("commonest unknown: "
+                      + ", ".join(f"{t!r} {n}" for t, n in cov["top_unknown"]))
+    _print_problems(con, index.meta)

@@ -1,0 +1,138 @@
+"""The composed grounding model: backbone -> text encoder -> attention chain -> head.
+
+It runs from images or from precomputed backbone maps (the feature cache), and
+from per-image maps shared by several expressions (``image_index``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from vgkit.boxes import convert, to_xyxy
+from vgkit.errors import VgkitError
+from vgkit.interfaces import FeatureSpec, GroundingState, LossOutput, TextInputs
+from vgkit.recipe import Recipe
+from vgkit.registry import Registry
+from vgkit.text import Vocabulary
+
+# What a built component must offer, checked once at build time so a plugin's
+# mistake is reported by name instead of failing deep inside a forward pass.
+_CONTRACT: dict[str, tuple[str, ...]] = {
+    "backbone": ("channels", "stride", "frozen", "identity"),
+    "text_encoder": ("dim", "tokenize"),
+    "attention": ("out_spec",),
+    "head": ("box_format", "init_output_bias"),
+    "loss": ("box_format",),
+}
+
+
+@dataclass
+class GroundingOutput:
+    """g: the head's raw boxes [B, 4] in its format; boxes: xyxy input pixels [B, 4]."""
+
+    g: Tensor
+    boxes: Tensor
+    state: GroundingState
+
+
+class GroundingModel(nn.Module):
+    """A backbone, a text encoder, a chain of attention modules and a head."""
+
+    def __init__(self, backbone: nn.Module, text_encoder: nn.Module, attention: list[nn.Module],
+                 head: nn.Module, spec: FeatureSpec) -> None:
+        super().__init__()
+        self.backbone, self.text_encoder, self.head = backbone, text_encoder, head
+        self.attention = nn.ModuleList(attention)
+        self.spec = spec  # the final spec, after every attention module
+
+    def tokenize(self, phrases: list[str]) -> TextInputs:
+        """Tokenize phrases the way this model's text encoder wants them."""
+        return self.text_encoder.tokenize(phrases)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] -> V_map [B, C, h, w] (the text-independent part)."""
+        return self.backbone(images)
+
+    def forward(self, text: TextInputs, *, images: Tensor | None = None,
+                features: Tensor | None = None, image_index: Tensor | None = None) -> GroundingOutput:
+        """Ground each phrase; give `images` or precomputed `features` (V_map).
+
+        With `image_index` [B], `images`/`features` hold one entry per distinct image
+        and expression b uses entry image_index[b]: the backbone runs once per image.
+        """
+        if (images is None) == (features is None):
+            raise VgkitError("GroundingModel: give exactly one of images= or features=")
+        V_map = self.encode_image(images) if features is None else features
+        if image_index is not None:
+            V_map = V_map[image_index]
+        if tuple(V_map.shape[-2:]) != self.spec.grid or V_map.shape[1] != self.spec.channels:
+            raise VgkitError(f"feature maps are {tuple(V_map.shape[1:])}, the model expects "
+                             f"({self.spec.channels}, {self.spec.grid[0]}, {self.spec.grid[1]})")
+        dtype = next(self.head.parameters()).dtype
+        V = V_map.to(dtype).flatten(2).transpose(1, 2)  # [B, N, C]
+        v_l, v_T = self.text_encoder(text.ids, text.mask)
+        state = GroundingState(V=V, grid=self.spec.grid, v_l=v_l, word_mask=text.mask, v_T=v_T,
+                               visual=V.mean(1), text=v_T)
+        for module in self.attention:
+            state = module(state)
+        g = self.head(state)
+        return GroundingOutput(g, to_xyxy(g, self.head.box_format, self.spec.input_size), state)
+
+
+def compute_loss(loss: nn.Module, out: GroundingOutput, target_xyxy: Tensor,
+                 head_format: str, input_size: tuple[int, int]) -> LossOutput:
+    """Evaluate `loss` with prediction and target converted to the loss's box format."""
+    pred = convert(out.g, head_format, loss.box_format, input_size)  # type: ignore[arg-type]
+    target = convert(target_xyxy, "xyxy-pixels", loss.box_format, input_size)
+    return loss(pred, target, out.state, input_size)
+
+
+def build_model(recipe: Recipe, registry: Registry | None = None, *,
+                vocab: Vocabulary | None = None, embeddings: Tensor | None = None,
+                backbone_options: dict[str, Any] | None = None) -> tuple[GroundingModel, nn.Module]:
+    """Build (model, loss) from a validated recipe; `backbone_options` override the recipe's."""
+    if registry is None:
+        from vgkit.plugins import get_registry
+
+        registry = get_registry()
+    m = recipe.model
+    bb_opts = {**m.backbone.options(), **(backbone_options or {})}
+    backbone = _checked(registry, "backbone", m.backbone.name, bb_opts)
+    H, W = recipe.data.image_size
+    if H % backbone.stride or W % backbone.stride:
+        raise VgkitError(f"data.image_size {H}x{W} is not a multiple of the backbone's "
+                         f"stride {backbone.stride}")
+    text_encoder = _checked(registry, "text_encoder", m.text_encoder.name,
+                            m.text_encoder.options(), vocab=vocab, embeddings=embeddings)
+    spec = FeatureSpec(channels=backbone.channels, grid=(H // backbone.stride, W // backbone.stride),
+                       word_dim=text_encoder.dim, visual_dim=backbone.channels,
+                       text_dim=text_encoder.dim, input_size=(H, W))
+    attention = []
+    for a in m.attention:
+        module = _checked(registry, "attention", a.name, a.options(), spec=spec)
+        attention.append(module)
+        spec = module.out_spec
+    head = _checked(registry, "head", m.head.name, m.head.options(), spec=spec)
+    loss = _checked(registry, "loss", recipe.loss.name, recipe.loss.options(), spec=spec)
+    return GroundingModel(backbone, text_encoder, attention, head, spec), loss
+
+
+def _checked(registry: Registry, kind: str, name: str, options: dict[str, Any], **context: Any) -> Any:
+    obj = registry.build(kind, name, options, **context)
+    missing = [a for a in _CONTRACT[kind] if not hasattr(obj, a)]
+    if not isinstance(obj, nn.Module) or missing:
+        plugin = registry.get(kind, name).plugin
+        what = f"lacks {', '.join(missing)}" if missing else "is not a torch.nn.Module"
+        raise VgkitError(f"{kind} {name!r} from plugin {plugin!r} breaks the {kind} contract: "
+                         f"the object it built {what} (see vgkit.interfaces)")
+    return obj
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    return trainable, frozen

@@ -1,0 +1,290 @@
+"""Recipes: a whole experiment as data (TOML or YAML), validated by pydantic.
+
+A recipe names its components and gives their options; each component's own
+options model validates them. Unknown keys and unknown component names are
+one-line errors that name the key and list the valid choices, closest first.
+``extends = "other-recipe"`` starts from another recipe (tables merge, lists
+are replaced). ``--set model.head.hidden=500`` overrides one value;
+``model.attention.0.hidden`` and ``model.attention.image-attention.hidden``
+both reach into the attention list.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tomllib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vgkit.errors import UnknownNameError, VgkitError, choices_hint
+from vgkit.registry import Registry
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentConfig(BaseModel):
+    """A component by registry name; every other key is one of its options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        """The component's options as written in the recipe."""
+        return dict(self.model_extra or {})
+
+
+class DataConfig(_Strict):
+    """Which data, and how text and images are prepared."""
+
+    dataset: str = "synthetic"
+    root: str | None = None  # dataset directory; None: the dataset's default location
+    vocab: str | None = None  # vocabulary file (one token a line); None: built from train
+    min_count: int = Field(1, ge=1)  # when building the vocabulary
+    embeddings: str = "random"  # "random" or a local GloVe/word2vec file (Table 4)
+    image_size: tuple[int, int] = (224, 224)  # (H, W) network input; the paper resizes to 224
+    resize: Literal["stretch", "letterbox"] = "stretch"  # the paper stretches
+
+
+class ModelConfig(_Strict):
+    """The composed model: backbone -> text encoder -> attention chain -> head."""
+
+    backbone: ComponentConfig
+    text_encoder: ComponentConfig
+    attention: list[ComponentConfig] = []
+    head: ComponentConfig
+    # Departures from the paper (GUIDE: "leads, not law"); off in the paper's recipes.
+    init_bias: Literal["none", "dataset-mean"] = "none"  # head bias <- mean training box
+    feature_norm: Literal["none", "channel"] = "none"  # standardise V_map per channel
+
+
+class OptimConfig(_Strict):
+    """The optimizer (§4.2: Adam with the authors' recommended values)."""
+
+    name: Literal["adam"] = "adam"
+    lr: float = Field(0.001, gt=0)  # Adam alpha
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Strict):
+    """How long and how to train."""
+
+    batch_size: int = Field(20, ge=1)  # Table 1
+    epochs: int = Field(10, ge=1)  # not given in the paper
+    seed: int = 0
+
+
+class Recipe(_Strict):
+    """A complete, validated experiment."""
+
+    name: str
+    description: str = ""
+    reference: str = ""
+    data: DataConfig = DataConfig()
+    model: ModelConfig
+    loss: ComponentConfig
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    def components(self) -> Iterable[tuple[str, str, ComponentConfig]]:
+        """(kind, recipe path, config) of every component the recipe names."""
+        m = self.model
+        yield "backbone", "model.backbone", m.backbone
+        yield "text_encoder", "model.text_encoder", m.text_encoder
+        for i, a in enumerate(m.attention):
+            yield "attention", f"model.attention.{i}", a
+        yield "head", "model.head", m.head
+        yield "loss", "loss", self.loss
+
+    def resolved(self, registry: Registry) -> dict[str, Any]:
+        """The recipe as a dict with every component option filled in (defaults included)."""
+        data = self.model_dump(mode="json")
+        for kind, path, comp in self.components():
+            opts = registry.get(kind, comp.name).make_options(comp.options())
+            _set_path(data, path, {"name": comp.name, **opts.model_dump(mode="json")})
+        return data
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a TOML or YAML recipe file into a dict (no validation)."""
+    p = Path(path)
+    if not p.is_file():
+        raise VgkitError(f"recipe file not found: {p}")
+    try:
+        if p.suffix == ".toml":
+            return tomllib.loads(p.read_text(encoding="utf-8"))
+        if p.suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise VgkitError(f"{p}: a recipe must be a mapping at the top level")
+            return data
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise VgkitError(f"{p}: not valid {p.suffix[1:].upper()}: {str(exc).splitlines()[0]}") from exc
+    raise VgkitError(f"{p}: a recipe file must end in .toml, .yaml or .yml")
+
+
+def recipe_from_file(path: Any) -> Callable[..., dict[str, Any]]:
+    """A recipe-kind build function that reads `path` (a file or importlib resource)."""
+
+    def build(_options: Any = None) -> dict[str, Any]:
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text) if str(path).endswith(".toml") else yaml.safe_load(text)
+
+    build.__doc__ = f"Recipe read from {path}."
+    return build
+
+
+def load_recipe(name_or_path: str, overrides: Iterable[str] = (), *,
+                registry: Registry | None = None) -> Recipe:
+    """Resolve a built-in name or a file, apply ``key=value`` overrides, validate everything."""
+    if registry is None:
+        from vgkit.plugins import get_registry
+
+        registry = get_registry()
+    data, source = _raw(name_or_path, registry, seen=())
+    for item in overrides:
+        data = apply_override(data, item)
+    return validate_recipe(data, registry, source=source)
+
+
+def _raw(name_or_path: str, registry: Registry, seen: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    if name_or_path in seen:
+        raise VgkitError(f"recipe {name_or_path!r} extends itself: {' -> '.join(seen)}")
+    looks_like_file = Path(name_or_path).suffix in {".toml", ".yaml", ".yml"} or os.sep in name_or_path
+    if looks_like_file:
+        data, source = read_recipe_file(name_or_path), str(name_or_path)
+    else:
+        data = copy.deepcopy(registry.build("recipe", name_or_path))
+        source = f"recipe {name_or_path!r}"
+    base = data.pop("extends", None)
+    if base is None:
+        return data, source
+    parent, _ = _raw(str(base), registry, (*seen, name_or_path))
+    return _merge(parent, data), source
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_override(data: dict[str, Any], item: str) -> dict[str, Any]:
+    """Apply one ``dotted.key=value`` (value parsed as a TOML value, else kept as a string)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise VgkitError(f"--set {item!r}: expected KEY=VALUE, e.g. model.head.hidden=500")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out = copy.deepcopy(data)
+    _set_path(out, key.strip(), value, create=True)
+    return out
+
+
+def _set_path(data: Any, path: str, value: Any, *, create: bool = False) -> None:
+    parts = path.split(".")
+    node = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            idx = _list_index(node, part, ".".join(parts[: i + 1]))
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if part not in node and create:
+                    node[part] = {}
+                if part not in node:
+                    raise VgkitError(f"--set {path}: no key {part!r}")
+                node = node[part]
+        else:
+            raise VgkitError(f"--set {path}: {'.'.join(parts[:i])} is a value, not a table")
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if part.isdigit():
+        if int(part) >= len(items):
+            raise VgkitError(f"--set {where}: the list has {len(items)} items")
+        return int(part)
+    names = [x.get("name") for x in items if isinstance(x, dict)]
+    if part in names:
+        return names.index(part)
+    raise UnknownNameError(f"item of {where.rsplit('.', 1)[0]}", part, [str(n) for n in names])
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate_recipe(data: dict[str, Any], registry: Registry, *, source: str = "recipe") -> Recipe:
+    """Validate a recipe dict: schema, component names, component options."""
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise VgkitError(f"{source}: {_explain(exc, Recipe)}") from None
+    for kind, path, comp in recipe.components():
+        try:
+            component = registry.get(kind, comp.name)
+        except UnknownNameError as exc:
+            raise VgkitError(f"{source}: {path}.name: {exc}") from None
+        try:
+            component.make_options(comp.options())
+        except ValidationError as exc:
+            raise VgkitError(f"{source}: {path}.{_explain(exc, component.options)}") from None
+    return recipe
+
+
+def _explain(exc: ValidationError, model: type[BaseModel]) -> str:
+    """The first error as one line: the dotted key, what is wrong, the valid choices."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(model, err["loc"][:-1])
+        return f"{key}: unknown key {loc[-1]!r}; valid: {choices_hint(loc[-1], valid)}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    got = err.get("input")
+    shown = json.dumps(got) if isinstance(got, str | int | float | bool | None) else type(got).__name__
+    return f"{key}: {err['msg']} (got {shown})"
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
