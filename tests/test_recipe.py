@@ -101,3 +101,14 @@ def test_extends_cycle_is_an_error(registry, tmp_path):
     b.write_text(f'extends = "{a}"\n')
     with pytest.raises(VgkitError, match="extends itself"):
         load_recipe(str(a), registry=registry)
+
+
+def test_extends_replaces_a_component_table_that_names_another_component(registry, tmp_path):
+    f = tmp_path / "r.toml"
+    f.write_text('extends = "refit-attn-regression"\nname = "r"\n'
+                 '[model.backbone]\nname = "timm:resnet18"\nstride = 32\n')
+    r = load_recipe(str(f), registry=registry)
+    assert r.model.backbone.options() == {"stride": 32}  # not vgg16's frozen=... merged in
+    f.write_text('extends = "refit-attn-regression"\nname = "r"\n[model.head]\nhidden = 10\n')
+    head = load_recipe(str(f), registry=registry).model.head
+    assert (head.name, head.options()["hidden"], head.options()["layers"]) == ("box-regression", 10, 2)

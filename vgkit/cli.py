@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
 import vgkit
+from vgkit.cli_common import console, err_console, user_errors
 from vgkit.errors import VgkitError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(help="vgkit: visual grounding toolkit (phrase -> box).", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 recipes_app = typer.Typer(help="List and show recipes.", invoke_without_command=True)
 app.add_typer(recipes_app, name="recipes")
-console = Console()
-err_console = Console(stderr=True)
 
 
-def user_errors(fn: F) -> F:
-    """Print a VgkitError as one line and exit with status 2 (no traceback)."""
+def _mount() -> None:
+    from vgkit import cli_data, cli_features
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except VgkitError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
+    app.add_typer(cli_data.app, name="data", help="Prepare, generate and summarise datasets.")
+    app.add_typer(cli_features.app, name="features")
 
 
 def _show_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
@@ -115,7 +102,9 @@ def recipes_show(
     console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
     with warnings.catch_warnings():  # counting parameters needs no pretrained weights
         warnings.simplefilter("ignore")
-        model, _ = build_model(recipe, registry, backbone_options={"weights": None})
+        bb = registry.get("backbone", recipe.model.backbone.name)
+        no_weights = {"weights": None} if "weights" in bb.options.model_fields else {}
+        model, _ = build_model(recipe, registry, backbone_options=no_weights)
     table = Table(title=f"parameters of {recipe.name}")
     for col in ("component", "trainable", "frozen"):
         table.add_column(col)
@@ -131,6 +120,9 @@ def recipes_show(
     vocab = len(model.text_encoder.vocab) if hasattr(model.text_encoder, "vocab") else None
     if vocab:
         console.print(f"(text encoder counted with a vocabulary of {vocab:,} tokens)")
+
+
+_mount()
 
 
 def main() -> None:

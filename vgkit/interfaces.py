@@ -100,7 +100,12 @@ class LossOutput:
 
 
 class Backbone(nn.Module):
-    """images [B, 3, H, W] (ImageNet-normalised) -> V_map [B, channels, H/stride, W/stride]."""
+    """images [B, 3, H, W] (ImageNet-normalised) -> V_map [B, channels, H/stride, W/stride].
+
+    A frozen backbone has no trainable parameters and stays in eval mode after
+    ``.train()`` (its batch-norm statistics must not move); only frozen backbones
+    are cached. Options models should have ``weights: str | None`` (a local file).
+    """
 
     channels: int
     stride: int

@@ -54,7 +54,11 @@ class PluginHost:
     def load_entry_points(self, disabled: set[str] | None = None) -> None:
         """Load every entry point of the group, skipping disabled ones."""
         disabled = _disabled_from_env() if disabled is None else disabled
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        # vgkit's own plugins first: in a name clash the later plugin is the one rejected,
+        # so a third-party plugin can never knock out the reference set
+        eps = sorted(entry_points(group=ENTRY_POINT_GROUP),
+                     key=lambda e: (getattr(e.dist, "name", "") != "vgkit", e.name))
+        for ep in eps:
             dist = getattr(ep, "dist", None)
             info = PluginInfo(ep.name, ep.value, dist.name if dist else "?",
                               dist.version if dist else "?")
@@ -73,8 +77,14 @@ class PluginHost:
 
     def _load(self, info: PluginInfo, source: EntryPoint | Any) -> None:
         self.plugins.append(info)
-        if any(p.name == info.name and p is not info and p.status == "ok" for p in self.plugins):
-            return self._fail(info, VgkitError(f"plugin name {info.name!r} is already taken"))
+        taken = [p for p in self.plugins if p.name == info.name and p is not info and p.status == "ok"]
+        if taken:  # record only: the registry and pluggy entries by that name are the first's
+            info.status = "error"
+            info.error = (f"VgkitError: plugin name {info.name!r} is already taken by "
+                          f"{taken[0].distribution}")
+            if self.strict:
+                raise PluginLoadError(f"plugin {info.name!r} ({info.distribution}) failed: {info.error}")
+            return None
         try:
             obj = source.load() if isinstance(source, EntryPoint) else source
             self.pm.register(obj, name=info.name)
@@ -96,7 +106,8 @@ class PluginHost:
         self.registry.remove_plugin(info.name)
         if self.pm.has_plugin(info.name):
             self.pm.unregister(name=info.name)
-        info.status, info.error = "error", f"{type(exc).__name__}: {exc}"
+        # one line, whatever the exception's own formatting (pluggy's spans several)
+        info.status, info.error = "error", f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         if self.strict:
             raise PluginLoadError(f"plugin {info.name!r} ({info.distribution}) failed: "
                                   f"{info.error}") from exc

@@ -3,8 +3,8 @@
 A recipe names its components and gives their options; each component's own
 options model validates them. Unknown keys and unknown component names are
 one-line errors that name the key and list the valid choices, closest first.
-``extends = "other-recipe"`` starts from another recipe (tables merge, lists
-are replaced). ``--set model.head.hidden=500`` overrides one value;
+``extends = "other-recipe"`` starts from another recipe (tables merge; lists,
+and a component table that names a different component, are replaced). ``--set model.head.hidden=500`` overrides one value;
 ``model.attention.0.hidden`` and ``model.attention.image-attention.hidden``
 both reach into the attention list.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vgkit.errors import UnknownNameError, VgkitError, choices_hint
 from vgkit.registry import Registry
@@ -44,8 +44,13 @@ class ComponentConfig(BaseModel):
 class DataConfig(_Strict):
     """Which data, and how text and images are prepared."""
 
-    dataset: str = "synthetic"
-    root: str | None = None  # dataset directory; None: the dataset's default location
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_by_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    dataset: ComponentConfig = ComponentConfig(name="synthetic")  # a name, or {name, options}
+    root: str | None = None  # dataset directory; None: data/<dataset name>
     vocab: str | None = None  # vocabulary file (one token a line); None: built from train
     min_count: int = Field(1, ge=1)  # when building the vocabulary
     embeddings: str = "random"  # "random" or a local GloVe/word2vec file (Table 4)
@@ -99,12 +104,17 @@ class Recipe(_Strict):
     def components(self) -> Iterable[tuple[str, str, ComponentConfig]]:
         """(kind, recipe path, config) of every component the recipe names."""
         m = self.model
+        yield "dataset", "data.dataset", self.data.dataset
         yield "backbone", "model.backbone", m.backbone
         yield "text_encoder", "model.text_encoder", m.text_encoder
         for i, a in enumerate(m.attention):
             yield "attention", f"model.attention.{i}", a
         yield "head", "model.head", m.head
         yield "loss", "loss", self.loss
+
+    def data_root(self) -> Path:
+        """Where the dataset lives: ``data.root`` or ``data/<dataset name>``."""
+        return Path(self.data.root or Path("data") / self.data.dataset.name).expanduser()
 
     def resolved(self, registry: Registry) -> dict[str, Any]:
         """The recipe as a dict with every component option filled in (defaults included)."""
@@ -177,9 +187,14 @@ def _raw(name_or_path: str, registry: Registry, seen: tuple[str, ...]) -> tuple[
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge tables; lists, and a component table naming another component, replace."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        same_component = not (isinstance(v, dict) and isinstance(old, dict)
+                              and "name" in v and v["name"] != old.get("name"))
+        mergeable = isinstance(v, dict) and isinstance(old, dict) and same_component
+        out[k] = _merge(old, v) if mergeable else v
     return out
 
 
