@@ -5,6 +5,7 @@ Errors are :class:`VgkitError`; the top-level CLI prints them as one line.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -15,17 +16,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vgkit.cli_common import user_errors
 from vgkit.data.index import DatasetIndex, Record
-from vgkit.data.referit import FORMATS, load_referit
+from vgkit.data.referit import DEFAULT_SPLITS, FORMATS, load_referit
 from vgkit.errors import UnknownNameError, VgkitError
 from vgkit.text import Vocabulary
 
 app = typer.Typer(help="Prepare dataset indexes from raw annotations and inspect them.",
                   no_args_is_help=True)
 
-# dataset name -> loader(root, format, strict) -> DatasetIndex
-LOADERS: dict[str, Callable[[Path, str, bool], DatasetIndex]] = {
-    "referit": lambda root, fmt, strict: load_referit(root, fmt, strict=strict),
+# dataset name -> loader(root, format, splits, strict) -> DatasetIndex
+LOADERS: dict[str, Callable[[Path, str, list[str], bool], DatasetIndex]] = {
+    "referit": lambda root, fmt, splits, strict: load_referit(root, fmt, splits, strict=strict),
 }
 DEFAULT_OUT = "vgkit-index"
 _SHOW = 5  # how many example paths to print
@@ -46,6 +48,7 @@ def missing_images(index: DatasetIndex, root: Path) -> tuple[int, int, list[str]
 
 
 @app.command()
+@user_errors
 def prepare(
     dataset: str = typer.Argument(..., help="Dataset name: referit."),
     root: Path = typer.Option(..., "--root", help="Directory holding the raw annotations."),
@@ -53,6 +56,8 @@ def prepare(
                                help=f"Annotation form: auto, {', '.join(FORMATS)}."),
     out: Path | None = typer.Option(None, "--out",
                                     help=f"Index directory [default: ROOT/{DEFAULT_OUT}]."),
+    splits: str = typer.Option(",".join(DEFAULT_SPLITS), "--splits",
+                               help="Comma-separated splits to index."),
     strict: bool = typer.Option(False, "--strict",
                                 help="Fail on any bad box, empty or undecodable phrase."),
 ) -> None:
@@ -66,7 +71,10 @@ def prepare(
         # Checked by mode bits, not os.access: as root, os.access would say yes and the
         # index would land inside a dataset directory marked read-only.
         raise VgkitError(f"{root} is read-only; choose where to write the index with --out")
-    index = LOADERS[dataset](root, format, strict)
+    wanted = [x.strip() for x in splits.split(",") if x.strip()]
+    if not wanted:
+        raise VgkitError("--splits names no split")
+    index = LOADERS[dataset](root, format, wanted, strict)
     if not len(index):
         raise VgkitError(f"{root}: no {dataset} expressions found")
     n_missing, n_images, examples = missing_images(index, root)
@@ -147,6 +155,7 @@ def vocab_coverage(records: Sequence[Record], vocab: Vocabulary) -> dict[str, An
 
 
 @app.command()
+@user_errors
 def info(
     index_dir: Path = typer.Argument(..., help="An index directory written by `prepare`."),
     vocab: Path | None = typer.Option(None, "--vocab", help="Vocabulary file (one token a line)."),
@@ -157,8 +166,10 @@ def info(
     voc = Vocabulary.from_file(vocab) if vocab is not None else None
     records = expressions(index, split)
     con = _console()
+    # The manifest's digest: recomputing it over every record costs seconds.
+    digest = json.loads((index_dir / "manifest.json").read_text()).get("digest", "?")
     con.print(f"[bold]{index.name}[/] ({index.source or '?'} form): {len(index):,} records, "
-              f"digest {index.digest()[:12]}")
+              f"digest {digest[:12]}")
     t = Table(title="splits")
     t.add_column("split")
     t.add_column("expressions", justify="right")
@@ -203,3 +214,27 @@ def info(
             con.print("commonest unknown: "
                       + ", ".join(f"{t!r} {n}" for t, n in cov["top_unknown"]))
     _print_problems(con, index.meta)
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Path = typer.Option(Path("data/synthetic"), "--out", help="Dataset directory to write."),
+    n_images: int = typer.Option(2000, "--n-images", min=10, help="Number of scenes."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same bytes."),
+    width: int = typer.Option(320, "--width", min=64),
+    height: int = typer.Option(240, "--height", min=64),
+    preview: Path | None = typer.Option(None, "--preview", help="Also write a PNG grid of examples."),
+) -> None:
+    """Generate the synthetic referring-expression dataset (JPEGs + index), like a real one."""
+    from vgkit.data.synth import generate
+    from vgkit.data.synth import preview as draw_preview
+
+    index = generate(out, n_images, seed=seed, image_size=(width, height))
+    con = _console()
+    types = Counter(r.extra.get("type", "?") for r in index)
+    con.print(f"wrote {len(index):,} expressions over {n_images:,} images to {out} "
+              f"(splits {index.splits()}; types {dict(types)})")
+    if preview is not None:
+        draw_preview(index, out, preview)
+        con.print(f"preview: {preview}")

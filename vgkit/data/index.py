@@ -45,7 +45,8 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of this record."""
-        d = dataclasses.asdict(self)
+        # a shallow dict: dataclasses.asdict deep-copies and is ~10x slower on 100k records
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["box"], d["tokens"] = list(self.box), list(self.tokens)
         if not d["extra"]:
             del d["extra"]
@@ -91,23 +92,23 @@ class DatasetIndex:
         """A sha256 over the records' content (order included): identifies the data."""
         h = hashlib.sha256()
         for r in self.records:
-            h.update(json.dumps(r.to_json(), sort_keys=True).encode())
-            h.update(b"\n")
+            h.update((json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n").encode())
         return h.hexdigest()
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self, digest: str | None = None) -> dict[str, Any]:
         """The manifest written beside the records."""
         return {"version": INDEX_VERSION, "name": self.name, "source": self.source,
                 "box_convention": BOX_CONVENTION, "count": len(self), "splits": self.splits(),
-                "digest": self.digest(), "meta": self.meta}
+                "digest": digest or self.digest(), "meta": self.meta}
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``manifest.json`` and ``records.jsonl`` atomically into `directory`."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _atomic_write(d / "records.jsonl",
-                      "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in self.records))
-        _atomic_write(d / "manifest.json", json.dumps(self.manifest(), indent=2) + "\n")
+        lines = [json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) for r in self.records]
+        digest = hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
+        _atomic_write(d / "records.jsonl", "".join(line + "\n" for line in lines))
+        _atomic_write(d / "manifest.json", json.dumps(self.manifest(digest), indent=2) + "\n")
         return d
 
     @classmethod

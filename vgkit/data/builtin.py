@@ -1,0 +1,66 @@
+"""The built-in datasets, registered through the ``vgkit.plugins`` entry point ``datasets``.
+
+A dataset build function is called as ``build(options, root=Path)`` and returns
+a :class:`~vgkit.data.index.DatasetIndex` whose ``image_path`` values are
+relative to ``root``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vgkit.data.index import DatasetIndex
+from vgkit.errors import VgkitError
+from vgkit.hookspecs import hookimpl
+from vgkit.registry import Registry
+
+
+class SyntheticOptions(BaseModel):
+    """Options of the ``synthetic`` dataset (generated on first use, then reused)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # None: use the dataset found at the root as it is (2000 images when there is none)
+    n_images: int | None = Field(None, ge=10)
+    seed: int | None = None
+    image_size: tuple[int, int] | None = None  # (W, H) of the generated JPEGs
+
+
+class ReferItOptions(BaseModel):
+    """Options of the ``referit`` dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: str = "auto"  # auto | hu | refer | pth
+    index: str | None = None  # a directory written by `vgkit data prepare`; default <root>/vgkit-index
+
+
+def build_synthetic(opts: SyntheticOptions, *, root: Path) -> DatasetIndex:
+    """PIL-drawn scenes with unambiguous referring expressions (generated if missing)."""
+    from vgkit.data import synth
+
+    given = {k: v for k, v in opts.model_dump().items() if v is not None}
+    if not given and (root / "manifest.json").is_file():
+        return synth.load_synthetic(root)
+    return synth.ensure_synthetic(root, n_images=given.get("n_images", synth.DEFAULT_N_IMAGES),
+                                  seed=given.get("seed", 0),
+                                  image_size=tuple(given.get("image_size", synth.DEFAULT_IMAGE_SIZE)))
+
+
+def build_referit(opts: ReferItOptions, *, root: Path) -> DatasetIndex:
+    """ReferIt (Hu et al.'s split) from any of its three forms, or a prepared index."""
+    from vgkit.data.referit import load_referit
+
+    index_dir = Path(opts.index) if opts.index else root / "vgkit-index"
+    if (index_dir / "manifest.json").is_file():
+        return DatasetIndex.load(index_dir)
+    if not root.exists():
+        raise VgkitError(f"ReferIt root {root} does not exist (set data.root=PATH)")
+    return load_referit(root, format=opts.format)
+
+
+@hookimpl
+def vgkit_register(registry: Registry) -> None:
+    """Register the built-in datasets."""
+    registry.add("dataset", "synthetic", build_synthetic, options=SyntheticOptions)
+    registry.add("dataset", "referit", build_referit, options=ReferItOptions)
