@@ -1,0 +1,225 @@
+"""The frozen-feature cache: run a frozen backbone once per image, read maps from disk after.
+
+Layout of a cache directory::
+
+    plan.json       what is being extracted (backbone identity, weights digest,
+                    transform, dataset image digest, shape) and the image order
+    features.npy    float16 [n_images, C, h, w], memory-mapped
+    done.npy        uint8 [n_images]: 0 to do, 1 extracted, 2 bad image (zeros)
+    manifest.json   written last, atomically: only its presence makes a cache complete
+
+An interrupted extraction resumes from ``done.npy``; a crash never leaves a
+``manifest.json`` behind, so an incomplete cache never looks complete. Under
+torchrun each rank extracts every world-th image and rank 0 writes the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, Dataset
+
+from vgkit.data.images import BadImageError, ImageTransform, read_image
+from vgkit.data.index import DatasetIndex
+from vgkit.distributed import DistInfo, barrier
+from vgkit.errors import VgkitError
+
+CACHE_VERSION = 1
+TODO, DONE, BAD = 0, 1, 2
+
+
+def image_table(index: DatasetIndex) -> list[tuple[str, str]]:
+    """The distinct (image_id, image_path) of an index, sorted by id."""
+    return sorted({(r.image_id, r.image_path) for r in index})
+
+
+def images_digest(images: Sequence[tuple[str, str]]) -> str:
+    """sha256 over the image list: what the cached maps were computed from."""
+    return hashlib.sha256(json.dumps(list(images)).encode()).hexdigest()
+
+
+def cache_spec(backbone: Any, transform: ImageTransform, dataset: str,
+               images: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Everything that must match for a cache to be reused."""
+    H, W = transform.size
+    spec = {"version": CACHE_VERSION, "backbone": backbone.identity(),
+            "transform": transform.describe(), "dataset": dataset,
+            "images_sha256": images_digest(images), "n_images": len(images),
+            "shape": [int(backbone.channels), H // backbone.stride, W // backbone.stride],
+            "dtype": "float16"}
+    return json.loads(json.dumps(spec))  # as it will read back from the manifest (no tuples)
+
+
+def cache_dir_for(root: str | os.PathLike[str], spec: dict[str, Any]) -> Path:
+    """Default location: ``<root>/features/<model>-<16 hex of the spec>``."""
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / "features" / f"{spec['backbone'].get('model', 'backbone')}-{key}"
+
+
+def _differences(found: dict[str, Any], expected: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(found) | set(expected)):
+        a, b = found.get(k), expected.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: cache has {a!r}, expected {b!r}")
+    return out
+
+
+class FeatureCache:
+    """A complete cache opened read-only: maps by image id."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
+        self.directory, self.manifest = directory, manifest
+        self.features = np.load(directory / "features.npy", mmap_mode="r")
+        self.image_ids: list[str] = manifest["image_ids"]
+        self.row = {i: k for k, i in enumerate(self.image_ids)}
+        self.bad = set(manifest.get("bad_images", []))
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str],
+             expected: dict[str, Any] | None = None) -> FeatureCache:
+        """Open a complete cache; refuse an incomplete one or one whose spec differs."""
+        d = Path(directory)
+        mpath = d / "manifest.json"
+        if not mpath.is_file():
+            state = "an unfinished extraction" if (d / "plan.json").is_file() else "no cache"
+            raise VgkitError(f"{d}: {state} (no manifest.json); run `vgkit features extract`")
+        manifest = json.loads(mpath.read_text())
+        if expected is not None:
+            diffs = _differences(manifest["spec"], expected)
+            if diffs:
+                raise VgkitError(f"{d}: stale feature cache, it differs in "
+                                 + "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else ""))
+        return cls(d, manifest)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def rows(self, image_ids: Sequence[str]) -> torch.Tensor:
+        """Row numbers of `image_ids` (an error naming the first image that is not cached)."""
+        try:
+            return torch.tensor([self.row[i] for i in image_ids], dtype=torch.long)
+        except KeyError as exc:
+            raise VgkitError(f"{self.directory}: image {exc.args[0]!r} is not in the cache") from None
+
+    def get(self, rows: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """float16 maps [len(rows), C, h, w] (copied out of the memory map)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        return torch.from_numpy(np.ascontiguousarray(self.features[idx]))
+
+    def load_all(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The whole cache as one tensor (on a GPU it fits: ReferIt is ~4 GB in fp16)."""
+        return torch.from_numpy(np.ascontiguousarray(self.features)).to(device)
+
+
+class _Images(Dataset):
+    def __init__(self, root: Path, images: Sequence[tuple[str, str]], todo: Sequence[int],
+                 transform: ImageTransform) -> None:
+        self.root, self.images, self.todo, self.transform = root, images, list(todo), transform
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor, bool]:
+        row = self.todo[k]
+        try:
+            return row, self.transform(read_image(self.root / self.images[row][1])), True
+        except BadImageError:
+            H, W = self.transform.size
+            return row, torch.zeros(3, H, W), False
+
+
+def extract_features(backbone: Any, transform: ImageTransform, index: DatasetIndex,
+                     root: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, *,
+                     batch_size: int = 32, workers: int = 2, device: torch.device | None = None,
+                     dist_info: DistInfo | None = None, progress: bool = True) -> Path:
+    """Extract (or resume) the cache of `index`'s images; return its directory."""
+    info = dist_info or DistInfo()
+    device = device or torch.device("cpu")
+    images = image_table(index)
+    spec = cache_spec(backbone, transform, index.name, images)
+    out = Path(out_dir) if out_dir else cache_dir_for(root, spec)
+    plan = {"spec": spec, "image_ids": [i for i, _ in images]}
+    if info.is_main:
+        _prepare(out, plan, spec)
+    barrier()
+    feats = np.load(out / "features.npy", mmap_mode="r+")
+    done = np.load(out / "done.npy", mmap_mode="r+")
+    todo = [k for k in range(len(images)) if done[k] == TODO and k % info.world == info.rank]
+    backbone = backbone.to(device).eval()
+    loader = DataLoader(_Images(Path(root), images, todo, transform), batch_size=batch_size,
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    started, n_done = time.perf_counter(), 0
+    with _progress(progress and info.is_main) as bar:
+        task = bar.add_task(f"extracting {spec['backbone'].get('model')}", total=len(todo), rate=0.0)
+        for rows, batch, ok in loader:
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                 enabled=device.type == "cuda"):
+                maps = backbone(batch.to(device, non_blocking=True))
+            r, good = rows.numpy(), ok.numpy()
+            feats[r] = maps.float().cpu().numpy().astype(np.float16) * good[:, None, None, None]
+            feats.flush()  # maps reach the disk before they are marked done
+            done[r] = np.where(good, DONE, BAD)
+            done.flush()
+            n_done += len(r)
+            bar.update(task, advance=len(r),
+                       rate=n_done / max(time.perf_counter() - started, 1e-9))
+    del feats, done
+    barrier()
+    if info.is_main:
+        _finish(out, plan)
+    barrier()
+    return out
+
+
+def _prepare(out: Path, plan: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Create the arrays, or keep them when an unfinished run of the same plan is there."""
+    ppath = out / "plan.json"
+    if ppath.is_file() and (out / "done.npy").is_file():
+        if json.loads(ppath.read_text()) == plan:
+            return  # resume
+        if (out / "manifest.json").is_file():
+            raise VgkitError(f"{out}: holds a different complete cache; choose another directory")
+        shutil.rmtree(out)  # an unfinished cache of something else: start over
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+    n, shape = spec["n_images"], spec["shape"]
+    np.lib.format.open_memmap(out / "features.npy", mode="w+", dtype=np.float16,
+                              shape=(n, *shape)).flush()
+    np.lib.format.open_memmap(out / "done.npy", mode="w+", dtype=np.uint8, shape=(n,)).flush()
+    _atomic_json(ppath, plan)
+
+
+def _finish(out: Path, plan: dict[str, Any]) -> None:
+    done = np.load(out / "done.npy")
+    if (done == TODO).any():
+        return  # interrupted: no manifest, so the cache does not look complete
+    bad = [plan["image_ids"][k] for k in np.flatnonzero(done == BAD)]
+    _atomic_json(out / "manifest.json", {**plan, "bad_images": bad, "complete": True,
+                                         "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                    TextColumn("{task.completed}/{task.total} images"),
+                    TextColumn("{task.fields[rate]:.1f} img/s" if enabled else ""),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
