@@ -22,8 +22,9 @@ app.add_typer(recipes_app, name="recipes")
 
 
 def _mount() -> None:
-    from vgkit import cli_data, cli_features
+    from vgkit import cli_data, cli_features, cli_train
 
+    app.command("train")(cli_train.train)
     app.add_typer(cli_data.app, name="data", help="Prepare, generate and summarise datasets.")
     app.add_typer(cli_features.app, name="features")
 

@@ -161,7 +161,7 @@ def extract_features(backbone: Any, transform: ImageTransform, index: DatasetInd
     backbone = backbone.to(device).eval()
     loader = DataLoader(_Images(Path(root), images, todo, transform), batch_size=batch_size,
                         num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        generator=torch.Generator())  # leave the global RNG (dropout) untouched
     started, n_done = time.perf_counter(), 0
     with _progress(progress and info.is_main) as bar:
         task = bar.add_task(f"extracting {spec['backbone'].get('model')}", total=len(todo), rate=0.0)

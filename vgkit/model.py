@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from vgkit.boxes import convert, to_xyxy
@@ -47,6 +48,15 @@ class GroundingModel(nn.Module):
         self.backbone, self.text_encoder, self.head = backbone, text_encoder, head
         self.attention = nn.ModuleList(attention)
         self.spec = spec  # the final spec, after every attention module
+        # model.feature_norm = "channel" (a departure): V_map standardised per channel with
+        # statistics of the training maps; kept as buffers so checkpoints carry them
+        self.register_buffer("feat_mean", torch.zeros(spec.channels))
+        self.register_buffer("feat_std", torch.ones(spec.channels))
+
+    def set_feature_norm(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise V_map per channel: (V_map - mean) / std."""
+        self.feat_mean.copy_(mean)
+        self.feat_std.copy_(std)
 
     def tokenize(self, phrases: list[str]) -> TextInputs:
         """Tokenize phrases the way this model's text encoder wants them."""
@@ -72,7 +82,8 @@ class GroundingModel(nn.Module):
             raise VgkitError(f"feature maps are {tuple(V_map.shape[1:])}, the model expects "
                              f"({self.spec.channels}, {self.spec.grid[0]}, {self.spec.grid[1]})")
         dtype = next(self.head.parameters()).dtype
-        V = V_map.to(dtype).flatten(2).transpose(1, 2)  # [B, N, C]
+        V_map = (V_map.to(dtype) - self.feat_mean[:, None, None]) / self.feat_std[:, None, None]
+        V = V_map.flatten(2).transpose(1, 2)  # [B, N, C]
         v_l, v_T = self.text_encoder(text.ids, text.mask)
         state = GroundingState(V=V, grid=self.spec.grid, v_l=v_l, word_mask=text.mask, v_T=v_T,
                                visual=V.mean(1), text=v_T)

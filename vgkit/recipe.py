@@ -53,6 +53,9 @@ class DataConfig(_Strict):
     root: str | None = None  # dataset directory; None: data/<dataset name>
     vocab: str | None = None  # vocabulary file (one token a line); None: built from train
     min_count: int = Field(1, ge=1)  # when building the vocabulary
+    train_split: str = "train"  # the paper: Hu et al.'s 9,000 training images
+    val_split: str = "val"  # validation each epoch, and the best checkpoint
+    test_split: str = "test"
     embeddings: str = "random"  # "random" or a local GloVe/word2vec file (Table 4)
     image_size: tuple[int, int] = (224, 224)  # (H, W) network input; the paper resizes to 224
     resize: Literal["stretch", "letterbox"] = "stretch"  # the paper stretches
@@ -84,9 +87,13 @@ class OptimConfig(_Strict):
 class TrainConfig(_Strict):
     """How long and how to train."""
 
-    batch_size: int = Field(20, ge=1)  # Table 1
+    batch_size: int = Field(20, ge=1)  # Table 1; the global batch (split over ranks)
     epochs: int = Field(10, ge=1)  # not given in the paper
     seed: int = 0
+    log_every: int = Field(50, ge=1)  # steps between metrics lines
+    checkpoint_every: int = Field(500, ge=1)  # steps between mid-epoch "last" checkpoints
+    eval_batch_size: int = Field(64, ge=1)
+    workers: int = Field(2, ge=0)  # DataLoader workers when images are read every step
 
 
 class Recipe(_Strict):

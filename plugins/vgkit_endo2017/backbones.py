@@ -56,7 +56,10 @@ class TimmBackbone(Backbone):
         if weights is not None and not own_loader:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
         try:
-            self.body = timm.create_model(model_name, **kwargs)
+            # random init is seeded, so a cache of random features and a checkpoint's backbone agree
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                self.body = timm.create_model(model_name, **kwargs)
         except RuntimeError as exc:  # state-dict mismatch: say which file, not a torch dump
             first = str(exc).strip().splitlines()[0:2]
             raise VgkitError(f"{weights}: does not fit timm model {model_name!r}: "
@@ -94,7 +97,7 @@ class TimmBackbone(Backbone):
     def identity(self) -> dict[str, Any]:
         """Model name, stride and the weights file's sha256 (or "random")."""
         if self._digest is None:
-            self._digest = _sha256(self.weights) if self.weights else "random"
+            self._digest = _sha256(self.weights) if self.weights else _tensor_digest(self.body)
         return {"model": self.model_name, "stride": self.stride, "weights_sha256": self._digest}
 
 
@@ -153,6 +156,15 @@ def _load_vgg_features(body: torch.nn.Module, path: Path) -> None:
         raise VgkitError(f"{path}: {bad[0].replace('features_', 'features.')} has shape "
                          f"{tuple(convs[bad[0]].shape)}, VGG16 needs {tuple(wanted[bad[0]].shape)}")
     body.load_state_dict({k: convs[k] for k in wanted})
+
+
+def _tensor_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights: identifies a random init exactly."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().contiguous().cpu().numpy().tobytes())
+    return "random-" + h.hexdigest()
 
 
 def _sha256(path: Path) -> str:

@@ -27,16 +27,16 @@ from vgkit.errors import VgkitError
 from vgkit.text import tokenize
 
 # Bump whenever a change alters the output, so ensure_synthetic regenerates.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_IMAGE_SIZE = (320, 240)
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_N_IMAGES = 2000
 SPLIT_NAMES = ("train", "val", "test")
 PALETTE = {"red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (240, 215, 30),
            "green": (35, 165, 55), "blue": (35, 85, 220), "purple": (145, 55, 190)}
-# Half-extents in pixels at a 240-pixel short side: the ranges leave a gap so
-# "small" and "large" never come close to each other.
-RADIUS = {"small": (9.0, 13.0), "large": (23.0, 30.0)}
+# Half-extents in pixels at a 240-pixel short side (objects span ~1.5-5 feature cells
+# at 224 x 224): the ranges leave a gap so "small" and "large" never come close.
+RADIUS = {"small": (14.0, 19.0), "large": (30.0, 40.0)}
 GAP, BORDER = 8, 4  # min pixels between objects' boxes, and to the image edge
 JPEG_QUALITY = 90
 SCENES_FILE = "scenes.jsonl"

@@ -1,0 +1,1 @@
+"""The engine: data for a recipe, training, checkpoints, evaluation, benchmarks, prediction."""

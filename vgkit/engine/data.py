@@ -1,0 +1,201 @@
+"""Everything a recipe's data means for training and evaluation, prepared once.
+
+Text side: the dataset index, the vocabulary (a file, or built from the train
+split) and the word embeddings. Image side: the frozen-feature cache when the
+backbone is frozen (extracted automatically when missing), else images read and
+transformed in DataLoader workers. Batches carry the maps of each distinct
+image once and an ``image_index`` per expression.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from vgkit.data.images import ImageTransform, read_image
+from vgkit.data.index import DatasetIndex, Record
+from vgkit.distributed import DistInfo
+from vgkit.errors import VgkitError
+from vgkit.features import FeatureCache, cache_dir_for, cache_spec, extract_features, image_table
+from vgkit.interfaces import TextInputs
+from vgkit.recipe import Recipe
+from vgkit.registry import Registry
+from vgkit.text import Vocabulary
+
+
+@dataclass
+class ExprSet:
+    """The expressions of one split, as tensors: targets in network-input pixels."""
+
+    records: list[Record]
+    image_ids: list[str]  # distinct images of the split
+    image_of: Tensor  # [n] long: index into image_ids
+    target: Tensor  # [n, 4] xyxy, network-input pixels
+    sizes: Tensor  # [n, 2] original (width, height)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class Batch:
+    """One step's worth: each distinct image once (maps or pixels) and its expressions."""
+
+    idx: Tensor  # [B] positions in the ExprSet
+    text: TextInputs
+    target: Tensor  # [B, 4] xyxy input pixels
+    image_index: Tensor  # [B] into features/images
+    features: Tensor | None = None  # [I, C, h, w]
+    images: Tensor | None = None  # [I, 3, H, W]
+
+    def to(self, device: torch.device) -> Batch:
+        """Move every tensor to `device`."""
+        nb = device.type == "cuda"
+
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=nb)
+
+        return Batch(self.idx, self.text.to(device), move(self.target), move(self.image_index),
+                     move(self.features), move(self.images))
+
+
+class DataBundle:
+    """The prepared data of a recipe: index, vocabulary, embeddings, transform, cache."""
+
+    def __init__(self, recipe: Recipe, registry: Registry, *, vocab: Vocabulary | None = None,
+                 progress: bool = True) -> None:
+        self.recipe, self.root = recipe, recipe.data_root()
+        ds = recipe.data.dataset
+        self.index: DatasetIndex = registry.build("dataset", ds.name, ds.options(), root=self.root)
+        self.transform = ImageTransform(tuple(recipe.data.image_size), recipe.data.resize)  # type: ignore[arg-type]
+        self.vocab = vocab or self._vocabulary()
+        self.progress = progress
+        self.cache: FeatureCache | None = None
+        self._features: Tensor | None = None  # the whole cache, when it lives in (GPU) memory
+        self._splits: dict[str, ExprSet] = {}
+
+    # ------------------------------------------------------------ text side
+    def _vocabulary(self) -> Vocabulary:
+        d = self.recipe.data
+        if d.vocab:
+            return Vocabulary.from_file(self.resolve(d.vocab, "data.vocab"))
+        train = self.index.split(d.train_split)
+        return Vocabulary.build([r.tokens for r in train], min_count=d.min_count)
+
+    def embeddings(self, dim: int) -> Tensor | None:
+        """The embedding matrix named by ``data.embeddings`` ("random": the encoder's own init)."""
+        spec = self.recipe.data.embeddings
+        if spec == "random":
+            return None
+        from vgkit.data.embeddings import load_embeddings
+
+        path = self.resolve(spec, "data.embeddings", env="VGKIT_EMBEDDINGS")
+        return load_embeddings(path, self.vocab, dim=dim, progress=self.progress).weights
+
+    def resolve(self, name: str, key: str, env: str | None = None) -> Path:
+        """A file named in the recipe: absolute, under the data root, or under $`env`."""
+        p = Path(name).expanduser()
+        candidates = [p] if p.is_absolute() else [self.root / p, Path.cwd() / p]
+        if env and os.environ.get(env) and not p.is_absolute():
+            candidates.append(Path(os.environ[env]) / p)
+        for c in candidates:
+            if c.is_file():
+                return c
+        raise VgkitError(f"{key}: file {name!r} not found (looked in "
+                         f"{', '.join(str(c.parent) for c in candidates)}); give a path with "
+                         f"--set {key}=PATH")
+
+    # ------------------------------------------------------------ image side
+    def attach_cache(self, backbone: Any, *, device: torch.device, dist_info: DistInfo,
+                     workers: int = 2, cache_dir: str | None = None) -> FeatureCache:
+        """Open the frozen backbone's cache for this dataset, extracting it first if needed."""
+        spec = cache_spec(backbone, self.transform, self.index.name, image_table(self.index))
+        path = Path(cache_dir) if cache_dir else cache_dir_for(self.root, spec)
+        if not (path / "manifest.json").is_file():
+            extract_features(backbone, self.transform, self.index, self.root, path,
+                             workers=workers, device=device, dist_info=dist_info,
+                             progress=self.progress)
+        self.cache = FeatureCache.open(path, expected=spec)
+        if device.type == "cuda":  # the whole cache fits in GPU memory (ReferIt: ~4 GB fp16)
+            self._features = self.cache.load_all(device)
+        return self.cache
+
+    def split(self, name: str) -> ExprSet:
+        """The expressions of split `name`, without those whose image is unreadable."""
+        if name not in self._splits:
+            recs = [r for r in self.index.split(name)
+                    if self.cache is None or r.image_id not in self.cache.bad]
+            if not recs:
+                raise VgkitError(f"split {name!r} has no usable expressions")
+            ids = sorted({r.image_id for r in recs})
+            where = {i: k for k, i in enumerate(ids)}
+            sizes = torch.tensor([[r.width, r.height] for r in recs], dtype=torch.float32)
+            boxes = torch.tensor([r.box for r in recs], dtype=torch.float32)
+            target = self.transform.box_to_input(boxes, sizes[:, 0], sizes[:, 1])
+            self._splits[name] = ExprSet(recs, ids, torch.tensor([where[r.image_id] for r in recs]),
+                                         target, sizes)
+        return self._splits[name]
+
+    def feature_stats(self, split: str, max_images: int = 512) -> tuple[Tensor, Tensor]:
+        """Per-channel mean and std of the cached maps over (up to) `max_images` of `split`."""
+        assert self.cache is not None
+        ids = self.split(split).image_ids[:max_images]
+        maps = self.cache.get(self.cache.rows(ids)).float()  # [I, C, h, w]
+        return maps.mean((0, 2, 3)), maps.std((0, 2, 3)).clamp(min=1e-6)
+
+    def batches(self, exprs: ExprSet, order: Sequence[Sequence[int]], tokenize: Any, *,
+                workers: int = 0) -> Iterator[Batch]:
+        """Yield a Batch for each list of expression positions in `order`."""
+        if self.cache is not None:
+            for idx in order:
+                yield self._cached_batch(exprs, list(idx), tokenize)
+            return
+        loader = DataLoader(_ImageBatches(self, exprs, order), batch_size=None,
+                            num_workers=workers, pin_memory=torch.cuda.is_available(),
+                            generator=torch.Generator())  # keep the global RNG for dropout
+        for idx, images, image_index in loader:
+            yield Batch(idx, tokenize([exprs.records[i].phrase for i in idx.tolist()]),
+                        exprs.target[idx], image_index, images=images)
+
+    def _cached_batch(self, exprs: ExprSet, idx: list[int], tokenize: Any) -> Batch:
+        assert self.cache is not None
+        img = exprs.image_of[idx]
+        uniq, image_index = torch.unique(img, return_inverse=True)
+        rows = self.cache.rows([exprs.image_ids[i] for i in uniq.tolist()])
+        feats = self._features[rows.to(self._features.device)] if self._features is not None \
+            else self.cache.get(rows)
+        t = torch.tensor(idx)
+        return Batch(t, tokenize([exprs.records[i].phrase for i in idx]), exprs.target[t],
+                     image_index, features=feats)
+
+
+class _ImageBatches(Dataset):
+    """Worker-side loading for backbones that run every step: pixels of each batch's images."""
+
+    def __init__(self, bundle: DataBundle, exprs: ExprSet, order: Sequence[Sequence[int]]) -> None:
+        self.root, self.transform, self.exprs = bundle.root, bundle.transform, exprs
+        self.order = [list(o) for o in order]
+        self.paths = {r.image_id: r.image_path for r in exprs.records}
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        idx = torch.tensor(self.order[k])
+        uniq, image_index = torch.unique(self.exprs.image_of[idx], return_inverse=True)
+        images = torch.stack([self.transform(read_image(self.root / self.paths[self.exprs.image_ids[i]]))
+                              for i in uniq.tolist()])
+        return idx, images, image_index
+
+
+def eval_order(exprs: ExprSet, batch_size: int) -> list[list[int]]:
+    """Expressions grouped by image, in batches: each image's maps are computed once."""
+    by_image = sorted(range(len(exprs)), key=lambda i: (int(exprs.image_of[i]), i))
+    return [by_image[i:i + batch_size] for i in range(0, len(by_image), batch_size)]

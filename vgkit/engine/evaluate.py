@@ -1,0 +1,82 @@
+"""Evaluation: predictions in original pixels, Acc@0.5 and mean IoU.
+
+Acc@0.5 counts a prediction correct when IoU(prediction, ground truth) >= 0.5,
+both in ORIGINAL image pixels. ``continuous`` IoU treats boxes as real-valued
+(x2 = x1 + w); ``inclusive`` is Hu et al.'s: coordinates rounded to whole
+pixels, both boxes counted inclusively (+1 on widths and heights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from vgkit.boxes import iou
+from vgkit.engine.data import DataBundle, ExprSet, eval_order
+from vgkit.model import GroundingModel
+
+IoUConvention = Literal["continuous", "inclusive"]
+
+
+@dataclass
+class Predictions:
+    """Per-expression outputs of one split, aligned with ``exprs.records``."""
+
+    exprs: ExprSet
+    boxes: Tensor  # [n, 4] xyxy original pixels
+    alpha_I: Tensor | None  # [n, N] image attention, when the model has one
+    alpha_T: list[Tensor] | None  # per expression [L_b] text attention over real words
+
+
+def predict(model: GroundingModel, bundle: DataBundle, exprs: ExprSet, *, batch_size: int = 64,
+            device: torch.device | None = None, keep_attention: bool = False,
+            workers: int = 0) -> Predictions:
+    """Run `model` over every expression; each image's maps are computed once."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    boxes = torch.zeros(len(exprs), 4)
+    alpha_I: Tensor | None = None
+    alpha_T: list[Tensor] | None = [torch.zeros(0)] * len(exprs) if keep_attention else None
+    amp = device.type == "cuda"
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for b in bundle.batches(exprs, eval_order(exprs, batch_size), model.tokenize,
+                                workers=workers):
+            b = b.to(device)
+            out = model(b.text, features=b.features, images=b.images, image_index=b.image_index)
+            idx = b.idx
+            sizes = exprs.sizes[idx]
+            boxes[idx] = bundle.transform.box_to_original(out.boxes.float().cpu(), sizes[:, 0],
+                                                          sizes[:, 1])
+            if keep_attention and out.state.alpha_I is not None:
+                if alpha_I is None:
+                    alpha_I = torch.zeros(len(exprs), out.state.alpha_I.shape[1])
+                alpha_I[idx] = out.state.alpha_I.float().cpu()
+            if keep_attention and alpha_T is not None and out.state.alpha_T is not None:
+                a, m = out.state.alpha_T.float().cpu(), b.text.mask.cpu()
+                for j, i in enumerate(idx.tolist()):
+                    alpha_T[i] = a[j][m[j]]
+    if alpha_T is not None and all(t.numel() == 0 for t in alpha_T):
+        alpha_T = None
+    return Predictions(exprs, boxes, alpha_I, alpha_T)
+
+
+def gt_boxes(exprs: ExprSet) -> Tensor:
+    """Ground-truth boxes [n, 4] xyxy in original pixels."""
+    return torch.tensor([r.box for r in exprs.records], dtype=torch.float32)
+
+
+def ious(pred: Tensor, gt: Tensor, convention: IoUConvention = "continuous") -> Tensor:
+    """IoU per expression under `convention`."""
+    if convention == "continuous":
+        return iou(pred, gt)
+    one = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    return iou(pred.round() - one, gt.round() - one, inclusive=True)
+
+
+def accuracy(preds: Predictions, convention: IoUConvention = "continuous") -> dict[str, float]:
+    """Acc@0.5 and mean IoU over the split."""
+    v = ious(preds.boxes, gt_boxes(preds.exprs), convention)
+    return {"acc@0.5": (v >= 0.5).float().mean().item(), "miou": v.mean().item(), "n": len(v)}

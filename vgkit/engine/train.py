@@ -1,0 +1,299 @@
+"""Training: Adam over a recipe's model, seeded, resumable exactly, on one process or many.
+
+Under ``torchrun`` every rank takes its DistributedSampler shard of each global
+batch and DistributedDataParallel averages the gradients; rank 0 logs, validates
+and writes checkpoints. The batch order of an epoch depends only on (seed,
+epoch), and checkpoints carry the RNG states, so a run resumed from a checkpoint
+continues exactly as it would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+
+from vgkit.distributed import DistInfo, barrier, device_for, init_distributed
+from vgkit.engine import checkpoint as ckpt
+from vgkit.engine.data import DataBundle
+from vgkit.engine.evaluate import accuracy, predict
+from vgkit.errors import VgkitError
+from vgkit.model import GroundingModel, build_model, compute_loss
+from vgkit.recipe import Recipe
+from vgkit.registry import Registry
+from vgkit.text import Vocabulary
+
+
+class NonFiniteLoss(VgkitError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands: what a checkpoint records besides tensors."""
+
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # batches of the current epoch already taken
+    global_step: int = 0
+    best: float = -1.0  # best validation Acc@0.5 so far
+    history: list[dict[str, Any]] = field(default_factory=list)  # validation results
+
+
+def _meta(recipe: Recipe, vocab: Vocabulary, state: TrainState, opt_meta: dict[str, Any]) -> dict[str, Any]:
+    return {"recipe": recipe.model_dump(mode="json"), "vocab": vocab.itos,
+            "vocab_digest": vocab.digest(), "epoch": state.epoch,
+            "step_in_epoch": state.step_in_epoch, "global_step": state.global_step,
+            "best": state.best, "history": state.history, "optimizer": opt_meta}
+
+
+class Trainer:
+    """Holds the model, data, optimizer and run directory of one training run."""
+
+    def __init__(self, recipe: Recipe, registry: Registry, out: Path, *, device: str = "auto",
+                 progress: bool = True, cache_dir: str | None = None) -> None:
+        self.info: DistInfo = init_distributed()
+        self.recipe, self.out, self.progress = recipe, out, progress and self.info.is_main
+        self.device = device_for(self.info, device)
+        t = recipe.train
+        if t.batch_size % self.info.world:
+            raise VgkitError(f"train.batch_size {t.batch_size} is not divisible by the "
+                             f"{self.info.world} ranks")
+        torch.manual_seed(t.seed)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.data = DataBundle(recipe, registry, progress=self.progress)
+        emb_dim = recipe.model.text_encoder.options().get("embedding_dim", 300)
+        model, self.loss = build_model(recipe, registry, vocab=self.data.vocab,
+                                       embeddings=self.data.embeddings(emb_dim))
+        self.model: GroundingModel = model
+        if model.backbone.frozen:
+            self.data.attach_cache(model.backbone, device=self.device, dist_info=self.info,
+                                   workers=t.workers, cache_dir=cache_dir)
+        self.train_set = self.data.split(recipe.data.train_split)
+        self._departures()
+        model.to(self.device)
+        if self.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        o = recipe.optim
+        self.opt = torch.optim.Adam(self.params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                    weight_decay=o.weight_decay)
+        self.ddp = (DistributedDataParallel(model, device_ids=[self.device.index]
+                                            if self.device.type == "cuda" else None)
+                    if self.info.world > 1 else None)
+        self.state = TrainState()
+
+    def _departures(self) -> None:
+        """The recipe's documented departures from the paper, applied before training."""
+        m = self.recipe.model
+        if m.feature_norm == "channel":
+            if self.data.cache is None:
+                raise VgkitError("model.feature_norm=channel needs a frozen (cached) backbone")
+            self.model.set_feature_norm(*self.data.feature_stats(self.recipe.data.train_split))
+        if m.init_bias == "dataset-mean":
+            from vgkit.boxes import from_xyxy
+
+            mean = from_xyxy(self.train_set.target, self.model.head.box_format,
+                             self.model.spec.input_size).mean(0)
+            self.model.head.init_output_bias(mean)
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, name: str) -> None:
+        """Write checkpoint `name` (rank 0 only); the frozen backbone once per run."""
+        if not self.info.is_main:
+            return
+        ckdir = self.out / "checkpoints"
+        bb = self.out / "backbone.safetensors"
+        frozen = ckpt.frozen_state(self.model)
+        if frozen and not bb.is_file():
+            ckpt.atomic_save(frozen, {"note": "frozen parameters of this run"}, bb)
+        opt_t, opt_meta = ckpt.optimizer_state(self.opt)
+        tensors = {**{f"model.{k}": v for k, v in ckpt.trainable_state(self.model).items()},
+                   **opt_t, **ckpt.rng_state()}
+        ckpt.atomic_save(tensors, _meta(self.recipe, self.data.vocab, self.state, opt_meta),
+                         ckdir / f"{name}.safetensors")
+
+    def resume(self) -> None:
+        """Continue from ``checkpoints/last.safetensors`` of the run directory."""
+        path = self.out / "checkpoints" / "last.safetensors"
+        tensors, meta = ckpt.load(path)
+        if meta["vocab_digest"] != self.data.vocab.digest():
+            raise VgkitError(f"{path}: vocabulary differs from this run's data")
+        if meta["recipe"] != self.recipe.model_dump(mode="json"):
+            raise VgkitError(f"{path}: was trained with another recipe; resume with the same "
+                             "--recipe and --set values")
+        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        missing = self.model.load_state_dict(state, strict=False).missing_keys
+        frozen = set(ckpt.frozen_state(self.model))
+        if set(missing) - frozen:
+            raise VgkitError(f"{path}: lacks {sorted(set(missing) - frozen)[:3]}")
+        ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
+        ckpt.restore_rng(tensors)
+        self.state = TrainState(meta["epoch"], meta["step_in_epoch"], meta["global_step"],
+                                meta["best"], meta["history"])
+
+    # ------------------------------------------------------------ the loop
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        sampler = DistributedSampler(range(len(self.train_set)), num_replicas=self.info.world,
+                                     rank=self.info.rank, shuffle=True, seed=self.recipe.train.seed,
+                                     drop_last=True)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        local = self.recipe.train.batch_size // self.info.world
+        return [order[i:i + local] for i in range(0, len(order) - local + 1, local)]
+
+    def fit(self) -> TrainState:
+        """Train until ``train.epochs``; validate and checkpoint each epoch."""
+        t, info = self.recipe.train, self.info
+        log = _Log(self.out / "metrics.jsonl", info.is_main)
+        model = self.ddp or self.model
+        amp = self.device.type == "cuda"
+        steps_per_epoch = len(self._epoch_batches(0))
+        total = steps_per_epoch * t.epochs
+        with _progress(self.progress) as bar:
+            task = bar.add_task("train", total=total, completed=self.state.global_step,
+                                loss=float("nan"), rate=0.0)
+            try:
+                while self.state.epoch < t.epochs:
+                    batches = self._epoch_batches(self.state.epoch)
+                    todo = batches[self.state.step_in_epoch:]
+                    model.train()
+                    tick, seen = time.perf_counter(), 0
+                    for b in self.data.batches(self.train_set, todo, self.model.tokenize,
+                                               workers=t.workers):
+                        b = b.to(self.device)
+                        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                            out = model(b.text, features=b.features, images=b.images,
+                                        image_index=b.image_index)
+                        res = compute_loss(self.loss, out, b.target, self.model.head.box_format,
+                                           self.model.spec.input_size)
+                        if not torch.isfinite(res.total):
+                            raise NonFiniteLoss(
+                                f"loss is {res.total.item()} at epoch {self.state.epoch + 1}, step "
+                                f"{self.state.global_step + 1}; stopped. The last good checkpoint "
+                                f"is {self.out / 'checkpoints' / 'last.safetensors'}")
+                        self.opt.zero_grad(set_to_none=True)
+                        res.total.backward()
+                        self.opt.step()
+                        self.state.step_in_epoch += 1
+                        self.state.global_step += 1
+                        seen += len(b.idx) * info.world
+                        rate = seen / max(time.perf_counter() - tick, 1e-9)
+                        bar.update(task, advance=1, loss=res.total.item(), rate=rate)
+                        if self.state.global_step % t.log_every == 0:
+                            log.write(event="train", epoch=self.state.epoch + 1,
+                                      step=self.state.global_step, loss=res.total.item(),
+                                      **{k: v.item() for k, v in res.terms.items()},
+                                      samples_per_s=rate)
+                        if self.state.global_step % t.checkpoint_every == 0:
+                            self.save("last")
+                    self.state.epoch += 1
+                    self.state.step_in_epoch = 0
+                    self._validate(log)
+            except KeyboardInterrupt:
+                self.save("last")
+                raise
+        log.close()
+        return self.state
+
+    def _validate(self, log: _Log) -> None:
+        """Validation Acc@0.5 on rank 0; best and last checkpoints."""
+        if self.info.is_main:
+            val = self.data.split(self.recipe.data.val_split)
+            preds = predict(self.model, self.data, val, batch_size=self.recipe.train.eval_batch_size,
+                            device=self.device)
+            m = {"epoch": self.state.epoch, "step": self.state.global_step, **accuracy(preds)}
+            self.state.history.append(m)
+            log.write(event="val", **m)
+            if self.progress:
+                print(f"epoch {self.state.epoch}: val Acc@0.5 {m['acc@0.5']:.2%}  "
+                      f"mIoU {m['miou']:.3f}", flush=True)
+            improved = m["acc@0.5"] > self.state.best
+            if improved:
+                self.state.best = m["acc@0.5"]
+            self.save("last")
+            if improved:
+                self.save("best")
+        barrier()
+
+
+def load_trained(run: Path, registry: Registry, *, which: str = "best",
+                 device: torch.device | str = "cpu") -> tuple[GroundingModel, Recipe, Vocabulary, dict[str, Any]]:
+    """Rebuild a trained model from a run directory (or a checkpoint file)."""
+    from vgkit.recipe import validate_recipe
+
+    path = run if run.is_file() else run / "checkpoints" / f"{which}.safetensors"
+    if not path.is_file() and run.is_dir() and which == "best":
+        path = run / "checkpoints" / "last.safetensors"
+    tensors, meta = ckpt.load(path)
+    recipe = validate_recipe(meta["recipe"], registry, source=str(path))
+    vocab = Vocabulary(meta["vocab"])
+    bb_file = path.parent.parent / "backbone.safetensors"
+    import warnings
+
+    with warnings.catch_warnings():  # the weights come from the checkpoint, not the recipe's file
+        warnings.simplefilter("ignore")
+        model, _ = build_model(recipe, registry, vocab=vocab, backbone_options=(
+            {"weights": None} if bb_file.is_file() else None))
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    if bb_file.is_file():
+        state.update(load_file(str(bb_file)))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise VgkitError(f"{path}: lacks {result.missing_keys[:3]} (and backbone.safetensors "
+                         f"{'exists' if bb_file.is_file() else 'is missing'})")
+    return model.to(device).eval(), recipe, vocab, meta
+
+
+class _Log:
+    """metrics.jsonl (and TensorBoard when it is installed), rank 0 only."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tb: Any = None
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = path.open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, **row: Any) -> None:
+        """Append one JSON line (and scalars to TensorBoard)."""
+        if not self.enabled:
+            return
+        row = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in row.items()}
+        self.f.write(json.dumps({"time": time.time(), **row}) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float) and k not in ("epoch", "step"):
+                    self.tb.add_scalar(f"{row['event']}/{k}", v, row.get("step", 0))
+
+    def close(self) -> None:
+        """Flush and close."""
+        if self.enabled:
+            self.f.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total} steps"),
+                    TextColumn("loss {task.fields[loss]:.4f}"),
+                    TextColumn("{task.fields[rate]:.0f} samples/s"), TimeRemainingColumn(),
+                    disable=not enabled)
