@@ -22,9 +22,12 @@ app.add_typer(recipes_app, name="recipes")
 
 
 def _mount() -> None:
-    from vgkit import cli_data, cli_features, cli_train
+    from vgkit import cli_data, cli_eval, cli_features, cli_train
 
     app.command("train")(cli_train.train)
+    app.command("eval")(cli_eval.eval_cmd)
+    app.command("bench")(cli_eval.bench_cmd)
+    app.command("predict")(cli_eval.predict_cmd)
     app.add_typer(cli_data.app, name="data", help="Prepare, generate and summarise datasets.")
     app.add_typer(cli_features.app, name="features")
 

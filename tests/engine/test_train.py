@@ -168,4 +168,6 @@ def test_checkpoint_round_trip_rebuilds_the_trained_model(root, tmp_path):
     assert rec == recipe and vocab.itos == trainer.data.vocab.itos
     sd_a, sd_b = trainer.model.state_dict(), model.state_dict()
     assert all(torch.equal(sd_a[k].cpu(), sd_b[k]) for k in sd_a)
+    # the rebuilt backbone names the same feature cache, so evaluation reuses it
+    assert model.backbone.identity() == trainer.model.backbone.identity()
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count('"event": "val"') == 1
