@@ -18,7 +18,7 @@ def train(
     dataset: str = typer.Option(None, "--dataset", help="Override data.dataset (a name)."),
     root: Path = typer.Option(None, "--root", help="Override data.root."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: key=value."),
-    out: Path = typer.Option(None, "--out", help="Run directory [default: runs/<recipe name>]."),
+    out: Path = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Feature cache directory to use."),

@@ -95,9 +95,13 @@ class TimmBackbone(Backbone):
         return self.body(images)[-1]
 
     def identity(self) -> dict[str, Any]:
-        """Model name, stride and the weights file's sha256 (or "random")."""
+        """Model name, stride and a digest of the weights' values.
+
+        The digest is over the tensors, not the file, so the same weights loaded from
+        the user's file or from a run's backbone.safetensors name the same cache.
+        """
         if self._digest is None:
-            self._digest = _sha256(self.weights) if self.weights else _tensor_digest(self.body)
+            self._digest = _tensor_digest(self.body)
         return {"model": self.model_name, "stride": self.stride, "weights_sha256": self._digest}
 
 
@@ -159,19 +163,11 @@ def _load_vgg_features(body: torch.nn.Module, path: Path) -> None:
 
 
 def _tensor_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's weights: identifies a random init exactly."""
+    """sha256 over a module's weight values (layout-independent)."""
     h = hashlib.sha256()
     for k, v in sorted(module.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().float().contiguous().cpu().numpy().tobytes())
-    return "random-" + h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 

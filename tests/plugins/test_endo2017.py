@@ -295,7 +295,9 @@ def test_vgg16_loads_local_weights_in_either_layout(tmp_path, layout):
         torch.save({"state_dict": convs}, path)
     bb = build_vgg16(BackboneOptions(weights=str(path)))
     assert torch.equal(bb.body.state_dict()["features_28.weight"], convs["features.28.weight"])
-    assert bb.identity()["weights_sha256"] != "random"
+    assert bb.identity()["weights_sha256"] != ref.identity()["weights_sha256"]
+    same = build_vgg16(BackboneOptions(weights=str(path)))  # same values: same cache key
+    assert same.identity() == bb.identity()
 
 
 def test_vgg16_weights_errors_name_the_file(tmp_path):

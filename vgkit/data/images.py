@@ -42,8 +42,11 @@ class ImageTransform:
         H, W = self.size
         if self.mode == "stretch":
             return W / width, H / height, 0.0, 0.0
+        # the resized image has whole pixels and sits at a whole-pixel offset: the box
+        # mapping must use exactly the scale and offset the pixels got
         s = min(W / width, H / height)
-        return s, s, (W - width * s) / 2, (H - height * s) / 2
+        w, h = max(1, round(width * s)), max(1, round(height * s))
+        return w / width, h / height, float((W - w) // 2), float((H - h) // 2)
 
     def __call__(self, img: Image.Image) -> Tensor:
         """PIL image -> normalised float tensor [3, H, W]."""
@@ -52,10 +55,10 @@ class ImageTransform:
         if self.mode == "stretch":
             img = img.resize((W, H), Image.BILINEAR)
         else:
-            sx, _, ox, oy = self.geometry(*img.size)
-            w, h = max(1, round(img.size[0] * sx)), max(1, round(img.size[1] * sx))
+            sx, sy, ox, oy = self.geometry(*img.size)
+            w, h = round(img.size[0] * sx), round(img.size[1] * sy)
             canvas = Image.new("RGB", (W, H), tuple(int(255 * m) for m in IMAGENET_MEAN))
-            canvas.paste(img.resize((w, h), Image.BILINEAR), (round(ox), round(oy)))
+            canvas.paste(img.resize((w, h), Image.BILINEAR), (int(ox), int(oy)))
             img = canvas
         x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(H, W, 3)
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
@@ -84,7 +87,9 @@ class ImageTransform:
             sx, sy = W / w, H / h
             return sx.float(), sy.float(), torch.zeros_like(sx).float(), torch.zeros_like(sy).float()
         s = torch.minimum(W / w, H / h)
-        return s.float(), s.float(), ((W - w * s) / 2).float(), ((H - h * s) / 2).float()
+        nw, nh = (w * s).round().clamp(min=1), (h * s).round().clamp(min=1)
+        return ((nw / w).float(), (nh / h).float(), torch.div(W - nw, 2, rounding_mode="floor").float(),
+                torch.div(H - nh, 2, rounding_mode="floor").float())
 
 
 def read_image(path: str | os.PathLike[str]) -> Image.Image:
