@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 
 from vgkit.cli import app
 from vgkit.data.images import ImageTransform, read_image
+from vgkit.data.index import DatasetIndex
 from vgkit.data.synth import generate
 from vgkit.errors import VgkitError
 from vgkit.features import FeatureCache, cache_spec, extract_features, image_table
@@ -93,7 +95,7 @@ def test_round_trip_equals_the_backbone_within_fp16(synth):
     bb, tf = TinyFrozen(), ImageTransform((64, 64))
     path = extract_features(bb, tf, index, synth, synth / "c1", batch_size=5, workers=0,
                             progress=False)
-    cache = FeatureCache.open(path, expected=cache_spec(bb, tf, index.name, image_table(index)))
+    cache = FeatureCache.open(path, expected=cache_spec(bb, tf, index))
     want = _expected(TinyFrozen(), tf, synth, index)
     got = cache.get(cache.rows(list(want)))
     assert got.dtype == torch.float16
@@ -143,12 +145,16 @@ def test_stale_cache_is_refused_saying_what_differs(synth):
     index = load_synthetic(synth)
     bb, tf = TinyFrozen(), ImageTransform((64, 64))
     path = extract_features(bb, tf, index, synth, synth / "c3", workers=0, progress=False)
-    other = cache_spec(bb, ImageTransform((64, 64), "letterbox"), index.name, image_table(index))
+    other = cache_spec(bb, ImageTransform((64, 64), "letterbox"), index)
     with pytest.raises(VgkitError, match=r"transform\.mode: cache has 'stretch', expected 'letterbox'"):
         FeatureCache.open(path, expected=other)
-    fewer = cache_spec(bb, tf, index.name, image_table(index)[:-1])
+    last_image = index.records[-1].image_id
+    fewer = DatasetIndex([r for r in index if r.image_id != last_image], name=index.name)
     with pytest.raises(VgkitError, match="images_sha256"):
-        FeatureCache.open(path, expected=fewer)
+        FeatureCache.open(path, expected=cache_spec(bb, tf, fewer))
+    renamed = DatasetIndex([replace(r, phrase=r.phrase + " x") for r in index], name=index.name)
+    with pytest.raises(VgkitError, match="dataset_sha256"):  # same images, other annotations
+        FeatureCache.open(path, expected=cache_spec(bb, tf, renamed))
 
 
 def test_bad_images_are_counted_stored_as_zeros_and_listed(tmp_path, synth):

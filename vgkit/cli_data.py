@@ -226,11 +226,14 @@ def synth(
     height: int = typer.Option(240, "--height", min=64),
     preview: Path | None = typer.Option(None, "--preview", help="Also write a PNG grid of examples."),
 ) -> None:
-    """Generate the synthetic referring-expression dataset (JPEGs + index), like a real one."""
-    from vgkit.data.synth import generate
+    """Generate the synthetic referring-expression dataset (JPEGs + index), like a real one.
+
+    A dataset already at --out with the same parameters is kept as it is (same bytes).
+    """
+    from vgkit.data.synth import ensure_synthetic
     from vgkit.data.synth import preview as draw_preview
 
-    index = generate(out, n_images, seed=seed, image_size=(width, height))
+    index = ensure_synthetic(out, n_images=n_images, seed=seed, image_size=(width, height))
     con = _console()
     types = Counter(r.extra.get("type", "?") for r in index)
     con.print(f"wrote {len(index):,} expressions over {n_images:,} images to {out} "

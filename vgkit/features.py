@@ -48,13 +48,18 @@ def images_digest(images: Sequence[tuple[str, str]]) -> str:
     return hashlib.sha256(json.dumps(list(images)).encode()).hexdigest()
 
 
-def cache_spec(backbone: Any, transform: ImageTransform, dataset: str,
-               images: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """Everything that must match for a cache to be reused."""
+def cache_spec(backbone: Any, transform: ImageTransform, index: DatasetIndex) -> dict[str, Any]:
+    """Everything that must match for a cache to be reused.
+
+    The index digest covers the annotations too, so a regenerated or re-prepared
+    dataset (same image names, other content) never reuses old maps.
+    """
     H, W = transform.size
+    images = image_table(index)
     spec = {"version": CACHE_VERSION, "backbone": backbone.identity(),
-            "transform": transform.describe(), "dataset": dataset,
-            "images_sha256": images_digest(images), "n_images": len(images),
+            "transform": transform.describe(), "dataset": index.name,
+            "dataset_sha256": index.digest(), "images_sha256": images_digest(images),
+            "n_images": len(images),
             "shape": [int(backbone.channels), H // backbone.stride, W // backbone.stride],
             "dtype": "float16"}
     return json.loads(json.dumps(spec))  # as it will read back from the manifest (no tuples)
@@ -149,7 +154,7 @@ def extract_features(backbone: Any, transform: ImageTransform, index: DatasetInd
     info = dist_info or DistInfo()
     device = device or torch.device("cpu")
     images = image_table(index)
-    spec = cache_spec(backbone, transform, index.name, images)
+    spec = cache_spec(backbone, transform, index)
     out = Path(out_dir) if out_dir else cache_dir_for(root, spec)
     plan = {"spec": spec, "image_ids": [i for i, _ in images]}
     if info.is_main:

@@ -23,7 +23,7 @@ from vgkit.data.images import ImageTransform, read_image
 from vgkit.data.index import DatasetIndex, Record
 from vgkit.distributed import DistInfo
 from vgkit.errors import VgkitError
-from vgkit.features import FeatureCache, cache_dir_for, cache_spec, extract_features, image_table
+from vgkit.features import FeatureCache, cache_dir_for, cache_spec, extract_features
 from vgkit.interfaces import TextInputs
 from vgkit.recipe import Recipe
 from vgkit.registry import Registry
@@ -116,7 +116,7 @@ class DataBundle:
     def attach_cache(self, backbone: Any, *, device: torch.device, dist_info: DistInfo,
                      workers: int = 2, cache_dir: str | None = None) -> FeatureCache:
         """Open the frozen backbone's cache for this dataset, extracting it first if needed."""
-        spec = cache_spec(backbone, self.transform, self.index.name, image_table(self.index))
+        spec = cache_spec(backbone, self.transform, self.index)
         path = Path(cache_dir) if cache_dir else cache_dir_for(self.root, spec)
         if not (path / "manifest.json").is_file():
             extract_features(backbone, self.transform, self.index, self.root, path,
