@@ -85,8 +85,9 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.params = [p for p in model.parameters() if p.requires_grad]
         o = recipe.optim
+        # fused: one kernel for all parameters (the per-tensor loop was ~20% of a CPU step)
         self.opt = torch.optim.Adam(self.params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                    weight_decay=o.weight_decay)
+                                    weight_decay=o.weight_decay, fused=True)
         self.ddp = (DistributedDataParallel(model, device_ids=[self.device.index]
                                             if self.device.type == "cuda" else None)
                     if self.info.world > 1 else None)

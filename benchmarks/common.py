@@ -1,0 +1,145 @@
+"""Shared helpers of the benchmarks: matmul peak, machine line, timing, tables, RESULTS.md."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+DEFAULT_ROOT = Path(os.environ.get("VGKIT_BENCH_ROOT", "/tmp/vgkit-bench"))
+RESULTS_HEADER = """# vgkit benchmark results
+
+Written by the scripts in this folder (see README.md); each section is replaced
+when its script runs again. Every speed is printed next to the fp32 matmul
+GFLOP/s measured in the same run (2048 x 2048, median of 5), so numbers taken
+while the machine was busy can be read relative to its state at the time.
+"""
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Median fp32 GFLOP/s of an n x n torch matmul (after one warm-up)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    secs, _ = timeit(lambda: a @ b, warmup=0, repeats=repeats)
+    return 2 * n**3 / secs / 1e9
+
+
+def timeit(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5) -> tuple[float, list[float]]:
+    """(median seconds, all seconds) of `fn` over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def bracketed(fn: Callable[[], Any]) -> tuple[Any, float, str]:
+    """Run `fn` between two matmul measurements: (its result, their mean, "before/after")."""
+    before = matmul_gflops()
+    out = fn()
+    after = matmul_gflops()
+    return out, (before + after) / 2, f"{before:.0f}/{after:.0f}"
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """Total FLOPs of `fn` under FlopCounterMode, and the counts per aten op."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    per_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return int(counter.get_total_flops()), per_op
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform's guess)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    return m.group(1).strip() if m else platform.processor() or "unknown CPU"
+
+
+def machine(gflops: float) -> dict[str, Any]:
+    """CPU, cores, torch version, threads, load average and the matmul GFLOP/s given."""
+    try:
+        load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    except OSError:
+        load = "n/a"
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "load": load, "matmul_gflops": gflops}
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One Markdown line describing the machine and its measured matmul speed."""
+    return (f"**Machine:** {m['cpu']}, {m['cores']} logical cores, torch {m['torch']} "
+            f"({m['threads']} threads), Python {m['python']}; load average {m['load']} at start; "
+            f"**fp32 matmul {m['matmul_gflops']:.1f} GFLOP/s** (2048², median of 5, this run)")
+
+
+def command_line() -> str:
+    """The exact command that ran this script, relative to the repository root."""
+    script = Path(sys.argv[0])
+    with contextlib.suppress(ValueError):
+        script = script.resolve().relative_to(RESULTS.parent.parent)
+    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; floats are shown with a sensible number of digits."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def section(title: str, m: dict[str, Any], body: str) -> str:
+    """A RESULTS.md section: title, date, command, machine line, then `body`."""
+    return "\n\n".join([
+        f"## {title}",
+        f"**Date:** {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  \n**Command:** `{command_line()}`",
+        machine_line(m), body.strip()])
+
+
+def append_results(name: str, markdown: str, path: Path = RESULTS) -> Path:
+    """Write `markdown` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in `path`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    text = path.read_text() if path.is_file() else RESULTS_HEADER
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path
+
+
+def quiet_warnings() -> None:
+    """Silence the random-weights warning: benchmarks need shapes and FLOPs, not features."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
+    warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
