@@ -125,8 +125,8 @@ class FeatureCache:
         return torch.from_numpy(np.ascontiguousarray(self.features[idx]))
 
     def load_all(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The whole cache as one tensor (on a GPU it fits: ReferIt is ~4 GB in fp16)."""
-        return torch.from_numpy(np.ascontiguousarray(self.features)).to(device)
+        """The whole cache copied into one tensor (on a GPU it fits: ReferIt is ~4 GB in fp16)."""
+        return torch.from_numpy(np.array(self.features)).to(device)
 
 
 class _Images(Dataset):

@@ -10,6 +10,7 @@ image once and an ``image_index`` per expression.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,10 @@ class DataBundle:
                     if self.cache is None or r.image_id not in self.cache.bad]
             if not recs:
                 raise VgkitError(f"split {name!r} has no usable expressions")
+            unknown = sum(1 for r in recs if not any(t in self.vocab for t in r.tokens))
+            if unknown and self.progress:  # kept (a test set must stay whole), but said
+                warnings.warn(f"split {name!r}: {unknown:,} of {len(recs):,} phrases have only "
+                              "words outside the vocabulary (they read as <unk>)", stacklevel=2)
             ids = sorted({r.image_id for r in recs})
             where = {i: k for k, i in enumerate(ids)}
             sizes = torch.tensor([[r.width, r.height] for r in recs], dtype=torch.float32)
@@ -148,7 +153,10 @@ class DataBundle:
         assert self.cache is not None
         ids = self.split(split).image_ids[:max_images]
         maps = self.cache.get(self.cache.rows(ids)).float()  # [I, C, h, w]
-        return maps.mean((0, 2, 3)), maps.std((0, 2, 3)).clamp(min=1e-6)
+        std = maps.std((0, 2, 3))
+        # nearly-dead relu channels (std ~1e-4 in a random VGG16) would otherwise turn
+        # rare activations into outliers of x100: floor their std at a tenth of the median
+        return maps.mean((0, 2, 3)), std.clamp(min=max(0.1 * std.median().item(), 1e-6))
 
     def batches(self, exprs: ExprSet, order: Sequence[Sequence[int]], tokenize: Any, *,
                 workers: int = 0) -> Iterator[Batch]:
