@@ -31,7 +31,7 @@ class TextAttentionOptions(BaseModel):
     dropout: float = Field(0.6, ge=0, lt=1)
 
 
-def _deeper(hidden: int, layers: int, dropout: float) -> nn.Sequential:
+def deeper_layers(hidden: int, layers: int, dropout: float) -> nn.Sequential:
     """Hidden layers after the first: (dropout, linear, tanh) x (layers - 1)."""
     mods: list[nn.Module] = []
     for _ in range(layers - 1):
@@ -50,7 +50,7 @@ class ImageAttention(Attention):
         super().__init__()
         self.W_vr = nn.Linear(spec.channels, opts.hidden, bias=False)
         self.W_vt = nn.Linear(spec.word_dim, opts.hidden)  # its bias is b_v
-        self.deeper = _deeper(opts.hidden, opts.layers, opts.dropout)
+        self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
         self.drop = nn.Dropout(opts.dropout)
         self.W_vh = nn.Linear(opts.hidden, 1)  # its bias is b_vh
         self.activation = opts.activation
@@ -80,7 +80,7 @@ class TextAttention(Attention):
                              "image-attention before it in model.attention")
         self.W_tw = nn.Linear(spec.word_dim, opts.hidden, bias=False)
         self.W_talpha = nn.Linear(spec.regions, opts.hidden)  # its bias is b_t
-        self.deeper = _deeper(opts.hidden, opts.layers, opts.dropout)
+        self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
         self.drop = nn.Dropout(opts.dropout)
         self.W_th = nn.Linear(opts.hidden, 1)  # its bias is b_th
         self.out_spec = spec.with_(text_dim=spec.word_dim, provided=spec.provided | {"alpha_T"})

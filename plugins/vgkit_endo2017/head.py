@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from vgkit.interfaces import FeatureSpec, GroundingState, Head
 
+from .attention import deeper_layers
+
 
 class BoxRegressionOptions(BaseModel):
     """Options of ``box-regression`` (Table 1: hidden 450, 2 layers, dropout 0.6)."""
@@ -38,10 +40,7 @@ class BoxRegression(Head):
         super().__init__()
         self.W_pv = nn.Linear(spec.visual_dim, opts.hidden)  # its bias is b_ph
         self.W_pt = nn.Linear(spec.text_dim, opts.hidden, bias=False) if spec.text_dim else None
-        mods: list[nn.Module] = []
-        for _ in range(opts.layers - 1):
-            mods += [nn.Dropout(opts.dropout), nn.Linear(opts.hidden, opts.hidden), nn.Tanh()]
-        self.deeper = nn.Sequential(*mods)
+        self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
         self.drop = nn.Dropout(opts.dropout)
         self.W_p = nn.Linear(opts.hidden, 4)  # its bias is b_p
         self.output = opts.output
