@@ -197,6 +197,15 @@ def eval_cmd(
     for key, title in titles.items():
         if key in numbers:
             console.print(_breakdown_table(title, numbers[key]))
+    base = _baselines(ev, split, convention)
+    base_table = Table(title="baselines that ignore the phrase (same split)")
+    for col in ("baseline", "Acc@0.5"):
+        base_table.add_column(col, justify="right" if col == "Acc@0.5" else "left")
+    base_table.add_row(f"best constant box (fit on {ev.recipe.data.train_split})",
+                       _pct(base["constant_box"]))
+    base_table.add_row("perfect detector, random object (expected)", _pct(base["phrase_blind"]))
+    console.print(base_table)
+    numbers["baselines"] = base
     console.print(f"IoU of xyxy boxes in original-image pixels, box convention {convention}: "
                   f"{_CONVENTION_NOTE[convention]}")
     console.print(f"predictions -> {pred_path}")
@@ -211,6 +220,22 @@ def eval_cmd(
     out = run / f"eval-{stem}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     console.print(f"numbers -> {out}")
+
+
+def _baselines(ev: Evaluated, split: str, convention: str) -> dict[str, float]:
+    """The two phrase-blind baselines on the evaluated split."""
+    from vgkit.engine.baselines import (
+        best_constant_box,
+        constant_box_accuracy,
+        phrase_blind_accuracy,
+    )
+
+    box = best_constant_box(ev.bundle.split(ev.recipe.data.train_split))
+    exprs = ev.preds.exprs
+    return {"constant_box": constant_box_accuracy(box, exprs, convention),  # type: ignore[arg-type]
+            "constant_box_xyxy_fraction": [round(v, 4) for v in box.tolist()],
+            "phrase_blind": phrase_blind_accuracy(ev.bundle.index, exprs, ev.bundle.root,
+                                                  convention)}  # type: ignore[arg-type]
 
 
 def _paper_table() -> Table:

@@ -54,6 +54,9 @@ def test_eval_prints_accuracy_and_writes_checkable_predictions(evaluated, tiny_r
     assert f"{100 * acc:.2f}%" in out
     for key in ("by_length", "by_size", "by_type"):
         assert sum(r["n"] for r in summary[key]) == len(lines)
+    base = summary["baselines"]  # the phrase-blind baselines are printed and saved beside it
+    assert 0.0 <= base["constant_box"] <= 1.0 and 0.0 < base["phrase_blind"] <= 1.0
+    assert "perfect detector, random object" in out
 
 
 def test_eval_gallery_links_its_pngs(evaluated):
