@@ -76,13 +76,14 @@ class GroundingModel(nn.Module):
         if (images is None) == (features is None):
             raise VgkitError("GroundingModel: give exactly one of images= or features=")
         V_map = self.encode_image(images) if features is None else features
-        if image_index is not None:
-            V_map = V_map[image_index]
         if tuple(V_map.shape[-2:]) != self.spec.grid or V_map.shape[1] != self.spec.channels:
             raise VgkitError(f"feature maps are {tuple(V_map.shape[1:])}, the model expects "
                              f"({self.spec.channels}, {self.spec.grid[0]}, {self.spec.grid[1]})")
         dtype = next(self.head.parameters()).dtype
+        # normalise once per image, before the maps are repeated for each expression
         V_map = (V_map.to(dtype) - self.feat_mean[:, None, None]) / self.feat_std[:, None, None]
+        if image_index is not None:
+            V_map = V_map[image_index]
         V = V_map.flatten(2).transpose(1, 2)  # [B, N, C]
         v_l, v_T = self.text_encoder(text.ids, text.mask)
         state = GroundingState(V=V, grid=self.spec.grid, v_l=v_l, word_mask=text.mask, v_T=v_T,
