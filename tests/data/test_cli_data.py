@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
+from referit_forms import write_hu, write_tiny_hu
 from typer.testing import CliRunner
 
 from vgkit.cli_data import app, length_histogram, vocab_coverage
 from vgkit.data.index import DatasetIndex
 from vgkit.text import Vocabulary
-
-try:
-    from referit_forms import write_hu, write_tiny_hu
-except ImportError:  # tests/data imported as a package
-    from tests.data.referit_forms import write_hu, write_tiny_hu
 
 runner = CliRunner()
 
@@ -120,12 +114,6 @@ def test_helpers():
     assert cov["top_unknown"] == [("b", 1)]
 
 
-@pytest.fixture(scope="module")
-def real_dir() -> Path:
-    d = os.environ.get("VGKIT_REFERIT_ANNOTATIONS")
-    if not d:
-        pytest.skip("set VGKIT_REFERIT_ANNOTATIONS to the hu-form ReferIt annotation directory")
-    return Path(d)
 
 
 def test_real_prepare_and_info(real_dir, tmp_path):

@@ -9,33 +9,20 @@ import shutil
 from pathlib import Path
 
 import pytest
+from referit_forms import (
+    TINY_BOXES,
+    TINY_QUERIES,
+    TINY_SIZES,
+    build_pth,
+    build_refer,
+    py2_dumps,
+    write_hu,
+    write_tiny_hu,
+)
 
 from vgkit.data.index import DatasetIndex
 from vgkit.data.referit import PTH_SKIPPED_IMAGES, REFS_FILE, detect_format, load_referit
 from vgkit.errors import VgkitError
-
-try:
-    from referit_forms import (
-        TINY_BOXES,
-        TINY_QUERIES,
-        TINY_SIZES,
-        build_pth,
-        build_refer,
-        py2_dumps,
-        write_hu,
-        write_tiny_hu,
-    )
-except ImportError:  # tests/data imported as a package
-    from tests.data.referit_forms import (
-        TINY_BOXES,
-        TINY_QUERIES,
-        TINY_SIZES,
-        build_pth,
-        build_refer,
-        py2_dumps,
-        write_hu,
-        write_tiny_hu,
-    )
 
 SPLIT_COUNTS = {"train": 54_134, "val": 5_842, "trainval": 59_976, "test": 60_105}
 
@@ -204,12 +191,6 @@ def test_tiny_boxes_and_queries_are_consistent():
 
 # --- the real annotations ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def real_dir() -> Path:
-    d = os.environ.get("VGKIT_REFERIT_ANNOTATIONS")
-    if not d:
-        pytest.skip("set VGKIT_REFERIT_ANNOTATIONS to the hu-form ReferIt annotation directory")
-    return Path(d)
 
 
 @pytest.fixture(scope="module")
