@@ -35,6 +35,19 @@ def test_ablation_recipes_extend_the_full_one(registry):
     assert len(no_pen.model.attention) == 2 and no_pen.loss.options()["area"] is False
 
 
+@pytest.mark.parametrize(("name", "embeddings"), [
+    ("refit-glove-42b", "glove.42B.300d.txt"), ("refit-glove-6b", "glove.6B.300d.txt"),
+    ("refit-glove-random", "random")])
+def test_table_4_recipes_change_only_the_embeddings(registry, name, embeddings):
+    full = load_recipe("refit-attn-regression", registry=registry).resolved(registry)
+    r = load_recipe(name, registry=registry).resolved(registry)
+    assert r["data"]["embeddings"] == embeddings and "Table 4" in r["reference"]
+    for key in ("name", "description", "reference"):
+        r.pop(key), full.pop(key)
+    r["data"]["embeddings"] = full["data"]["embeddings"]
+    assert r == full
+
+
 @pytest.mark.parametrize(("override", "path", "value"), [
     ("model.head.hidden=500", ("model", "head", "hidden"), 500),
     ("loss.lambda1=1e-3", ("loss", "lambda1"), 1e-3),

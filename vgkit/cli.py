@@ -22,9 +22,10 @@ app.add_typer(recipes_app, name="recipes")
 
 
 def _mount() -> None:
-    from vgkit import cli_data, cli_eval, cli_features, cli_train
+    from vgkit import cli_data, cli_eval, cli_features, cli_search, cli_train
 
     app.command("train")(cli_train.train)
+    app.command("search")(cli_search.search)
     app.command("eval")(cli_eval.eval_cmd)
     app.command("bench")(cli_eval.bench_cmd)
     app.command("predict")(cli_eval.predict_cmd)

@@ -114,7 +114,9 @@ def evaluate_checkpoint(checkpoint: Path, *, which: str = "best", dataset: str |
     own = not dataset or dataset == recipe.data.dataset.name
     recipe = retarget(recipe, registry, dataset, root)
     bundle = DataBundle(recipe, registry, vocab=vocab, progress=progress)
-    if model.backbone.frozen:
+    if model.blind:
+        bundle.text_only()
+    elif model.backbone.frozen:
         bundle.attach_cache(model.backbone, device=dev, dist_info=DistInfo(),
                             workers=recipe.train.workers,
                             cache_dir=str(cache_dir) if cache_dir else None)
@@ -171,9 +173,11 @@ def eval_cmd(
     batch_size: int = typer.Option(None, "--batch-size", help="Expressions per batch (default: train.eval_batch_size)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Feature cache the run trained with."),
+    errors: bool = typer.Option(False, "--errors", help="Sort failures into Table-5-like buckets."),
 ) -> None:
     """Evaluate a trained run: Acc@0.5, mean IoU and breakdowns; predictions JSONL, gallery."""
-    from vgkit.engine.report import breakdowns, write_predictions
+    from vgkit.cli_analysis import baselines, baselines_table, error_analysis, errors_table
+    from vgkit.engine.report import breakdowns, prediction_ious, write_predictions
     from vgkit.engine.visualize import write_gallery
 
     if convention not in CONVENTIONS:
@@ -181,11 +185,15 @@ def eval_cmd(
     ev = evaluate_checkpoint(checkpoint, which=which, dataset=dataset, root=root, split=split,
                              batch_size=batch_size, device=device, cache_dir=cache_dir)
     numbers = breakdowns(ev.preds, convention)  # type: ignore[arg-type]
+    buckets = None
+    if errors:
+        buckets, numbers["errors"] = error_analysis(
+            ev, prediction_ious(ev.preds, convention))  # type: ignore[arg-type]
     run = run_dir_of(checkpoint)
     ds = ev.recipe.data.dataset.name
     stem = split if ev.own_dataset else f"{ds}-{split}"  # keep the run's own results apart
     pred_path = write_predictions(ev.preds, predictions or run / f"predictions-{stem}.jsonl",
-                                  convention)  # type: ignore[arg-type]
+                                  convention, buckets)  # type: ignore[arg-type]
 
     table = Table(title=f"{ev.recipe.name} ({which}) on {ds}/{split}", min_width=48)
     for col in ("Acc@0.5", "mean IoU", "n"):
@@ -197,22 +205,20 @@ def eval_cmd(
     for key, title in titles.items():
         if key in numbers:
             console.print(_breakdown_table(title, numbers[key]))
-    base = _baselines(ev, split, convention)
-    base_table = Table(title="baselines that ignore the phrase (same split)")
-    for col in ("baseline", "Acc@0.5"):
-        base_table.add_column(col, justify="right" if col == "Acc@0.5" else "left")
-    base_table.add_row(f"best constant box (fit on {ev.recipe.data.train_split})",
-                       _pct(base["constant_box"]))
-    base_table.add_row("perfect detector, random object (expected)", _pct(base["phrase_blind"]))
-    console.print(base_table)
-    numbers["baselines"] = base
+    numbers["baselines"] = baselines(ev, convention)
+    console.print(baselines_table(numbers["baselines"]))
+    if errors:
+        console.print(errors_table(numbers["errors"]))
     console.print(f"IoU of xyxy boxes in original-image pixels, box convention {convention}: "
                   f"{_CONVENTION_NOTE[convention]}")
     console.print(f"predictions -> {pred_path}")
     if gallery:
         page = write_gallery(ev.preds, ev.bundle, gallery, n=gallery_n, grid=ev.model.spec.grid,
-                             convention=convention)  # type: ignore[arg-type]
+                             convention=convention, buckets=buckets)  # type: ignore[arg-type]
         console.print(f"gallery -> {page}")
+        numbers["gallery"] = str(page)
+        if errors:  # which gallery figure shows which failure
+            numbers["errors"]["gallery_index"] = str(page.with_name("index.json"))
     summary = {"checkpoint": str(checkpoint), "which": which, "recipe": ev.recipe.name,
                "dataset": ds, "root": str(ev.bundle.root), "split": split,
                "boxes": "xyxy original pixels", **numbers, "predictions": str(pred_path),
@@ -220,22 +226,6 @@ def eval_cmd(
     out = run / f"eval-{stem}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     console.print(f"numbers -> {out}")
-
-
-def _baselines(ev: Evaluated, split: str, convention: str) -> dict[str, float]:
-    """The two phrase-blind baselines on the evaluated split."""
-    from vgkit.engine.baselines import (
-        best_constant_box,
-        constant_box_accuracy,
-        phrase_blind_accuracy,
-    )
-
-    box = best_constant_box(ev.bundle.split(ev.recipe.data.train_split))
-    exprs = ev.preds.exprs
-    return {"constant_box": constant_box_accuracy(box, exprs, convention),  # type: ignore[arg-type]
-            "constant_box_xyxy_fraction": [round(v, 4) for v in box.tolist()],
-            "phrase_blind": phrase_blind_accuracy(ev.bundle.index, exprs, ev.bundle.root,
-                                                  convention)}  # type: ignore[arg-type]
 
 
 def _paper_table() -> Table:

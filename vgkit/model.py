@@ -48,6 +48,9 @@ class GroundingModel(nn.Module):
         self.backbone, self.text_encoder, self.head = backbone, text_encoder, head
         self.attention = nn.ModuleList(attention)
         self.spec = spec  # the final spec, after every attention module
+        # a backbone with no channels reads no image (a text-only baseline): the engine
+        # then serves neither images nor cached maps, and forward needs neither
+        self.blind = backbone.channels == 0
         # model.feature_norm = "channel" (a departure): V_map standardised per channel with
         # statistics of the training maps; kept as buffers so checkpoints carry them
         self.register_buffer("feat_mean", torch.zeros(spec.channels))
@@ -72,10 +75,15 @@ class GroundingModel(nn.Module):
 
         With `image_index` [B], `images`/`features` hold one entry per distinct image
         and expression b uses entry image_index[b]: the backbone runs once per image.
+        A blind model (``self.blind``) may be given neither.
         """
-        if (images is None) == (features is None):
+        if self.blind and images is None and features is None:
+            V_map = torch.zeros(text.ids.shape[0], 0, *self.spec.grid, device=text.ids.device)
+            image_index = None
+        elif (images is None) == (features is None):
             raise VgkitError("GroundingModel: give exactly one of images= or features=")
-        V_map = self.encode_image(images) if features is None else features
+        else:
+            V_map = self.encode_image(images) if features is None else features
         if tuple(V_map.shape[-2:]) != self.spec.grid or V_map.shape[1] != self.spec.channels:
             raise VgkitError(f"feature maps are {tuple(V_map.shape[1:])}, the model expects "
                              f"({self.spec.channels}, {self.spec.grid[0]}, {self.spec.grid[1]})")

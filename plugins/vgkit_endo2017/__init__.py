@@ -20,6 +20,7 @@ def vgkit_register(registry: Registry) -> None:
     """Register the paper's components and its recipes."""
     registry.add("backbone", "vgg16", backbones.build_vgg16, options=backbones.BackboneOptions)
     registry.add("backbone", "timm:*", backbones.build_timm, options=backbones.BackboneOptions)
+    registry.add("backbone", "none", backbones.build_none, options=backbones.NoBackboneOptions)
     registry.add("text_encoder", "blstm", text.build_blstm, options=text.BLSTMOptions)
     registry.add("attention", "image-attention", attention.build_image_attention,
                  options=attention.ImageAttentionOptions)

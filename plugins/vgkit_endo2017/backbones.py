@@ -178,6 +178,37 @@ def build_vgg16(opts: BackboneOptions) -> TimmBackbone:
     return TimmBackbone("vgg16", opts)
 
 
+class NoBackboneOptions(BaseModel):
+    """Options of the ``none`` backbone: there are none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoBackbone(Backbone):
+    """No image at all: V_map has zero channels, so the head sees only the phrase.
+
+    A text-only ("blind") baseline: ``channels == 0`` tells the engine the model reads
+    no image, so neither images nor a feature cache are ever opened. The stride only
+    fixes a (meaningless) grid, so any ``data.image_size`` divisible by 16 works.
+    """
+
+    channels, stride, frozen = 0, 16, True
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] -> an empty V_map [B, 0, H/16, W/16]."""
+        B, _, H, W = images.shape
+        return images.new_zeros(B, 0, H // self.stride, W // self.stride)
+
+    def identity(self) -> dict[str, Any]:
+        """Nothing to cache: the name alone."""
+        return {"model": "none"}
+
+
+def build_none(opts: NoBackboneOptions) -> NoBackbone:
+    """No backbone: a text-only model that never reads an image."""
+    return NoBackbone()
+
+
 def build_timm(opts: BackboneOptions, *, variant: str) -> TimmBackbone:
     """Any timm model's deepest stride-16 or stride-32 map (``timm:<model name>``)."""
     if variant not in timm.list_models():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -38,7 +39,9 @@ class BoxRegression(Head):
 
     def __init__(self, opts: BoxRegressionOptions, spec: FeatureSpec) -> None:
         super().__init__()
-        self.W_pv = nn.Linear(spec.visual_dim, opts.hidden)  # its bias is b_ph
+        with warnings.catch_warnings():  # visual_dim 0 (a blind model): b_ph alone, no weights
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            self.W_pv = nn.Linear(spec.visual_dim, opts.hidden)  # its bias is b_ph
         self.W_pt = nn.Linear(spec.text_dim, opts.hidden, bias=False) if spec.text_dim else None
         self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
         self.drop = nn.Dropout(opts.dropout)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 
 from vgkit.data.index import DatasetIndex, Record
-from vgkit.engine.baselines import best_constant_box, constant_box_accuracy, phrase_blind_accuracy
+from vgkit.engine.baselines import (
+    WHOLE_IMAGE,
+    best_constant_box,
+    constant_box_accuracy,
+    constant_box_scores,
+    phrase_blind_accuracy,
+)
 from vgkit.engine.data import ExprSet
 
 
@@ -40,3 +46,10 @@ def test_phrase_blind_detector_expectation_is_the_share_of_matching_objects():
     index2 = DatasetIndex([_rec("y", (0, 0, 40, 40)), _rec("y", (1, 1, 41, 41), sent=1),
                            _rec("y", (100, 50, 140, 90), sent=2)], name="t")
     assert abs(phrase_blind_accuracy(index2, _exprs([_rec("y", (0, 0, 40, 40))])) - 2 / 3) < 1e-6
+
+
+def test_whole_image_box_scores_by_the_targets_share_of_the_image():
+    # IoU with the whole image is the target's share of it: 1/2 -> right, 1/4 -> wrong
+    exprs = _exprs([_rec("a", (0, 0, 100, 100)), _rec("b", (50, 25, 150, 75))])
+    s = constant_box_scores(WHOLE_IMAGE, exprs)
+    assert s["acc@0.5"] == 0.5 and abs(s["miou"] - (0.5 + 0.25) / 2) < 1e-6

@@ -1,5 +1,6 @@
 """Baselines a grounding model has to beat, computed from the data alone.
 
+- **whole image**: the box (0, 0, 1, 1) in fractions of the image, for every expression;
 - **best constant box**: one box, in fractions of the image, chosen on the training
   split to maximise Acc@0.5 (a grid over centre, width and height), applied to
   every expression of the evaluated split;
@@ -48,10 +49,19 @@ def best_constant_box(train: ExprSet, steps: int = 12) -> Tensor:
     return best
 
 
+WHOLE_IMAGE = torch.tensor([0.0, 0.0, 1.0, 1.0])  # xyxy fractions
+
+
+def constant_box_scores(box: Tensor, exprs: ExprSet,
+                        convention: IoUConvention = "continuous") -> dict[str, float]:
+    """Acc@0.5 and mean IoU of predicting `box` (fractions of the image) for every expression."""
+    v = ious(box[None] * exprs.sizes.repeat(1, 2), gt_boxes(exprs), convention)
+    return {"acc@0.5": (v >= 0.5).float().mean().item(), "miou": v.mean().item()}
+
+
 def constant_box_accuracy(box: Tensor, exprs: ExprSet, convention: IoUConvention = "continuous") -> float:
     """Acc@0.5 of predicting `box` (fractions of the image) for every expression."""
-    pred = box[None] * exprs.sizes.repeat(1, 2)
-    return (ious(pred, gt_boxes(exprs), convention) >= 0.5).float().mean().item()
+    return constant_box_scores(box, exprs, convention)["acc@0.5"]
 
 
 def _objects_by_image(index: DatasetIndex, root: Path | None) -> dict[str, Tensor]:

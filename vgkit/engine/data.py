@@ -3,7 +3,7 @@
 Text side: the dataset index, the vocabulary (a file, or built from the train
 split) and the word embeddings. Image side: the frozen-feature cache when the
 backbone is frozen (extracted automatically when missing), else images read and
-transformed in DataLoader workers. Batches carry the maps of each distinct
+transformed in DataLoader workers; nothing at all for a blind (text-only) model. Batches carry the maps of each distinct
 image once and an ``image_index`` per expression.
 """
 
@@ -79,6 +79,7 @@ class DataBundle:
         self.vocab = vocab or self._vocabulary()
         self.progress = progress
         self.cache: FeatureCache | None = None
+        self.blind = False  # True: batches carry no images and no maps (see text_only)
         self._features: Tensor | None = None  # the whole cache, when it lives in (GPU) memory
         self._splits: dict[str, ExprSet] = {}
 
@@ -128,6 +129,10 @@ class DataBundle:
             self._features = self.cache.load_all(device)
         return self.cache
 
+    def text_only(self) -> None:
+        """Serve batches of phrases and targets alone: the model reads no image."""
+        self.blind = True
+
     def split(self, name: str) -> ExprSet:
         """The expressions of split `name`, without those whose image is unreadable."""
         if name not in self._splits:
@@ -161,6 +166,12 @@ class DataBundle:
     def batches(self, exprs: ExprSet, order: Sequence[Sequence[int]], tokenize: Any, *,
                 workers: int = 0) -> Iterator[Batch]:
         """Yield a Batch for each list of expression positions in `order`."""
+        if self.blind:
+            for idx in order:
+                t = torch.tensor(list(idx))
+                yield Batch(t, tokenize([exprs.records[i].phrase for i in t.tolist()]),
+                            exprs.target[t], torch.arange(len(t)))
+            return
         if self.cache is not None:
             for idx in order:
                 yield self._cached_batch(exprs, list(idx), tokenize)

@@ -105,24 +105,30 @@ def breakdowns(preds: Predictions, convention: IoUConvention = "continuous") -> 
     return out
 
 
-def prediction_rows(preds: Predictions, convention: IoUConvention = "continuous") -> list[dict[str, Any]]:
-    """One JSON-ready dict per expression, in the split's order."""
+def prediction_rows(preds: Predictions, convention: IoUConvention = "continuous",
+                    errors: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+    """One JSON-ready dict per expression, in the split's order (with ``error``: its failure bucket)."""
     v = prediction_ious(preds, convention).tolist()
     boxes = preds.boxes.tolist()
-    return [{"image_id": r.image_id, "ref_id": r.ref_id, "sent_id": r.sent_id, "phrase": r.phrase,
+    rows = [{"image_id": r.image_id, "ref_id": r.ref_id, "sent_id": r.sent_id, "phrase": r.phrase,
              "gt": [float(c) for c in r.box], "pred": boxes[i], "iou": v[i],
              "correct": v[i] >= THRESHOLD, "iou_convention": convention}
             for i, r in enumerate(preds.exprs.records)]
+    if errors is not None:
+        for row, bucket in zip(rows, errors, strict=True):
+            row["error"] = bucket
+    return rows
 
 
 def write_predictions(preds: Predictions, path: str | os.PathLike[str],
-                      convention: IoUConvention = "continuous") -> Path:
+                      convention: IoUConvention = "continuous",
+                      errors: Sequence[str | None] | None = None) -> Path:
     """Write one JSON line per expression (boxes xyxy, continuous original pixels)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as f:
-        for row in prediction_rows(preds, convention):
+        for row in prediction_rows(preds, convention, errors):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, p)
     return p

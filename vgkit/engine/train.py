@@ -75,7 +75,9 @@ class Trainer:
         model, self.loss = build_model(recipe, registry, vocab=self.data.vocab,
                                        embeddings=self.data.embeddings(emb_dim))
         self.model: GroundingModel = model
-        if model.backbone.frozen:
+        if model.blind:
+            self.data.text_only()
+        elif model.backbone.frozen:
             self.data.attach_cache(model.backbone, device=self.device, dist_info=self.info,
                                    workers=t.workers, cache_dir=cache_dir)
         self.train_set = self.data.split(recipe.data.train_split)

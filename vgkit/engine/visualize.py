@@ -14,6 +14,7 @@ stretched, the middle when letterboxed) and resized onto the original image.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import random
@@ -228,10 +229,27 @@ def _sample(indices: list[int], k: int, rng: random.Random) -> list[int]:
     return sorted(rng.sample(indices, min(k, len(indices))))
 
 
+def _spread(groups: dict[str, list[int]], k: int, rng: random.Random) -> dict[str, list[int]]:
+    """`k` of the indices, taken round-robin over the groups so small groups are shown too."""
+    pools = {g: rng.sample(idx, len(idx)) for g, idx in groups.items()}
+    taken: dict[str, list[int]] = {g: [] for g in groups}
+    while k > 0 and any(pools.values()):
+        for g, pool in pools.items():
+            if pool and k > 0:
+                taken[g].append(pool.pop())
+                k -= 1
+    return {g: sorted(v) for g, v in taken.items()}
+
+
 def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.PathLike[str],
                   n: int = 24, seed: int = 0, *, grid: tuple[int, int] | None = None,
-                  convention: IoUConvention = "continuous") -> Path:
-    """Figure-4 PNGs of a seeded sample of correct and wrong predictions, and an index.html."""
+                  convention: IoUConvention = "continuous",
+                  buckets: Sequence[str | None] | None = None) -> Path:
+    """Figure-4 PNGs of a seeded sample of correct and wrong predictions, index.html and index.json.
+
+    With `buckets` (a failure bucket per expression, see vgkit.engine.errors) the wrong
+    ones are sampled across the buckets and grouped under one heading each.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     v = prediction_ious(preds, convention).tolist()
@@ -240,23 +258,36 @@ def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.Path
     rng = random.Random(seed)
     # half each; a side with too few leaves its share to the other
     k_right = min(len(right), max(n // 2, n - len(wrong)))
-    chosen = {"correct": _sample(right, k_right, rng),
-              "wrong": _sample(wrong, min(len(wrong), n - k_right), rng)}
+    k_wrong = min(len(wrong), n - k_right)
+    groups: dict[str, list[int]] = {"correct": _sample(right, k_right, rng)}
+    totals = {"correct": len(right)}
+    if buckets is None:
+        groups["wrong"], totals["wrong"] = _sample(wrong, k_wrong, rng), len(wrong)
+    else:
+        by_bucket: dict[str, list[int]] = {}
+        for i in wrong:
+            by_bucket.setdefault(f"wrong: {buckets[i]}", []).append(i)
+        by_bucket = dict(sorted(by_bucket.items(), key=lambda kv: _bucket_rank(kv[0])))
+        groups.update(_spread(by_bucket, k_wrong, rng))
+        totals.update({g: len(idx) for g, idx in by_bucket.items()})
     images: dict[str, Image.Image] = {}
-    sections = []
-    for label, idx in chosen.items():
+    sections, listing = [], []
+    for label, idx in groups.items():
         cells = []
         for i in idx:
             r = preds.exprs.records[i]
             if r.image_path not in images:
                 images[r.image_path] = _read(bundle, r.image_path)
-            name = f"{label}-{i:06d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', r.image_id)}.png"
+            kind = "correct" if v[i] >= THRESHOLD else "wrong"
+            name = f"{kind}-{i:06d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', r.image_id)}.png"
             _figure(preds, i, bundle, images[r.image_path], v[i], grid).save(out / name)
             cells.append(f'<figure><a href="{name}"><img src="{name}" loading="lazy"></a>'
                          f"<figcaption>&ldquo;{html.escape(r.phrase)}&rdquo;<br>IoU {v[i]:.3f} "
                          f"&middot; {html.escape(r.image_id)}</figcaption></figure>")
-        total = len(right) if label == "correct" else len(wrong)
-        sections.append(f"<h2>{label} ({len(idx)} shown of {total})</h2>\n"
+            listing.append({"index": i, "file": name, "image_id": r.image_id, "phrase": r.phrase,
+                            "iou": v[i], "correct": kind == "correct",
+                            "bucket": None if buckets is None else buckets[i]})
+        sections.append(f"<h2>{html.escape(label)} ({len(idx)} shown of {totals[label]})</h2>\n"
                         f"<div class=grid>{''.join(cells) or '<p>none</p>'}</div>")
     title = f"vgkit gallery: {len(v)} expressions, Acc@0.5 {len(right) / max(len(v), 1):.2%}"
     page = (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>\n"
@@ -267,4 +298,12 @@ def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.Path
             "truth; yellow: prediction; attention red high, blue low.</p>\n"
             + "\n".join(sections) + "\n")
     (out / "index.html").write_text(page, encoding="utf-8")
+    (out / "index.json").write_text(json.dumps(listing, indent=1) + "\n", encoding="utf-8")
     return out / "index.html"
+
+
+def _bucket_rank(group: str) -> int:
+    from vgkit.engine.errors import BUCKETS
+
+    name = group.removeprefix("wrong: ")
+    return BUCKETS.index(name) if name in BUCKETS else len(BUCKETS)

@@ -1,0 +1,222 @@
+"""Random search over the hyper-parameter ranges of Table 1 (Endo et al., IJCAI 2017, §4.2).
+
+The paper picked its final values by random search over the ranges of its
+Table 1, "the size of each hidden layer sampled by increment of 50". :data:`SPACE`
+is that table, one row per hyper-parameter, with the recipe keys each row sets.
+
+Trial k's values depend only on (seed, k): every range is drawn in table order
+whether or not the recipe has its keys, so the same seed gives the same values
+to the keys two recipes share. A trial sets only the keys its recipe has (a
+recipe without text attention gets no text-attention keys). Each trial is a
+normal training run in ``DIR/trial-NNN``; ``DIR/trials.jsonl`` gets one line per
+finished trial and ``DIR/search.json`` the settings and the ranked results, so
+running the same command again skips finished trials and resumes an unfinished
+one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vgkit.errors import VgkitError
+from vgkit.recipe import Recipe, load_recipe
+from vgkit.registry import Registry
+
+
+@dataclass(frozen=True)
+class Range:
+    """One row of Table 1: values low, low + step, ..., high, written to every key the recipe has."""
+
+    label: str  # Table 1's wording
+    short: str  # column heading
+    keys: tuple[str, ...]  # recipe keys (``--set`` paths) that take the sampled value
+    low: float
+    high: float
+    step: float
+    paper: float  # Table 1's final value
+
+    def values(self) -> list[float | int]:
+        """Every value of the range, in order."""
+        n = round((self.high - self.low) / self.step)
+        integral = float(self.step).is_integer() and float(self.low).is_integer()
+        return [int(self.low + k * self.step) if integral else round(self.low + k * self.step, 6)
+                for k in range(n + 1)]
+
+
+# Endo et al., IJCAI 2017, Table 1 (range column). Dropout: the paper gives one rate for
+# every MLP and no step; we draw it in steps of 0.01.
+SPACE: tuple[Range, ...] = (
+    Range("LSTM layers", "LSTM L", ("model.text_encoder.layers",), 1, 3, 1, 1),
+    Range("Hidden size of image attention model", "IA h",
+          ("model.attention.image-attention.hidden",), 100, 800, 50, 750),
+    Range("Layers of image attention model", "IA L",
+          ("model.attention.image-attention.layers",), 1, 3, 1, 3),
+    Range("Hidden size of text attention model", "TA h",
+          ("model.attention.text-attention.hidden",), 100, 500, 50, 500),
+    Range("Layers of text attention model", "TA L",
+          ("model.attention.text-attention.layers",), 1, 3, 1, 1),
+    Range("Hidden size of region prediction model", "RP h", ("model.head.hidden",),
+          100, 500, 50, 450),
+    Range("Layers of region prediction model", "RP L", ("model.head.layers",), 1, 3, 1, 2),
+    Range("Dropout", "dropout", ("model.attention.image-attention.dropout",
+                                 "model.attention.text-attention.dropout", "model.head.dropout"),
+          0.5, 0.8, 0.01, 0.6),
+)
+
+
+def sample(seed: int, trial: int, space: Sequence[Range] = SPACE) -> dict[str, float | int]:
+    """Trial `trial`'s value of every range (by label), drawn from (seed, trial) alone."""
+    rng = random.Random(f"vgkit-search/{seed}/{trial}")
+    return {r.label: rng.choice(r.values()) for r in space}
+
+
+def has_key(resolved: dict[str, Any], path: str) -> bool:
+    """Whether a dotted ``--set`` path names an existing value of a resolved recipe dict."""
+    node: Any = resolved
+    for part in path.split("."):
+        if isinstance(node, list):
+            by_name = [x for x in node if isinstance(x, dict) and x.get("name") == part]
+            if part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif by_name:
+                node = by_name[0]
+            else:
+                return False
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def trial_overrides(resolved: dict[str, Any], values: dict[str, float | int],
+                    space: Sequence[Range] = SPACE) -> dict[str, float | int]:
+    """``{key: value}`` for the sampled values whose keys the recipe has."""
+    return {k: values[r.label] for r in space for k in r.keys if has_key(resolved, k)}
+
+
+def searched(resolved: dict[str, Any], space: Sequence[Range] = SPACE) -> list[Range]:
+    """The ranges of `space` that set at least one key of the recipe."""
+    return [r for r in space if any(has_key(resolved, k) for k in r.keys)]
+
+
+@dataclass
+class Search:
+    """One random search: its settings and where it lives."""
+
+    recipe: str  # name or file, as given
+    out: Path
+    seed: int = 0
+    sets: tuple[str, ...] = ()  # the user's --set values, applied before each trial's
+    epochs: int | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """What must match for a re-run to continue this search."""
+        return {"recipe": self.recipe, "seed": self.seed, "set": list(self.sets),
+                "epochs": self.epochs}
+
+    def _extra(self) -> list[str]:
+        return [f"train.epochs={self.epochs}"] if self.epochs else []
+
+    def base(self, registry: Registry) -> Recipe:
+        """The recipe before sampling (user --set and --epochs applied)."""
+        return load_recipe(self.recipe, [*self.sets, *self._extra()], registry=registry)
+
+    def trial_recipe(self, trial: int, registry: Registry) -> tuple[Recipe, dict[str, Any]]:
+        """Trial `trial`'s validated recipe and the ``{key: value}`` it sets."""
+        keys = trial_overrides(self.base(registry).resolved(registry), sample(self.seed, trial))
+        sets = [*self.sets, *self._extra(), *(f"{k}={v}" for k, v in keys.items())]
+        return load_recipe(self.recipe, sets, registry=registry), keys
+
+    def run_dir(self, trial: int) -> Path:
+        """Where trial `trial` trains."""
+        return self.out / f"trial-{trial:03d}"
+
+    def finished(self) -> dict[int, dict[str, Any]]:
+        """The recorded results of finished trials, by trial number."""
+        path = self.out / "trials.jsonl"
+        if not path.is_file():
+            return {}
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        return {r["trial"]: r for r in rows}
+
+    def check_settings(self) -> None:
+        """Refuse to continue a search in `out` that had other settings."""
+        path = self.out / "search.json"
+        if not path.is_file():
+            return
+        old = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+        for key, value in self.settings().items():
+            if old.get(key) != value:
+                raise VgkitError(f"{self.out} holds a search with {key} = {old.get(key)!r}, "
+                                 f"not {value!r}; re-run it with the same settings or choose "
+                                 "another --out")
+
+    def write_summary(self, results: list[dict[str, Any]], space: Sequence[Range]) -> Path:
+        """search.json: the settings, the searched ranges and the results, best first."""
+        table = [{"label": r.label, "keys": list(r.keys), "low": r.low, "high": r.high,
+                  "step": r.step, "paper": r.paper} for r in space]
+        data = {"settings": self.settings(), "space": table, "trials": ranked(results)}
+        path = self.out / "search.json"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def ranked(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results sorted by best validation Acc@0.5, best first (ties: lower trial first)."""
+    return sorted(results, key=lambda r: (-r["val_acc@0.5"], r["trial"]))
+
+
+def run_search(search: Search, trials: int, registry: Registry, *, device: str = "auto",
+               progress: bool = True,
+               on_trial: Callable[[int, dict[str, Any], bool], None] | None = None) -> list[dict[str, Any]]:
+    """Train trials 1..`trials` that are not finished yet; return every finished trial's result.
+
+    `on_trial(trial, {key: value}, resumed)` is called before each trial that trains.
+    """
+    from vgkit.engine.train import Trainer
+
+    if trials < 1:
+        raise VgkitError(f"--trials must be at least 1, got {trials}")
+    search.check_settings()
+    search.out.mkdir(parents=True, exist_ok=True)
+    space = searched(search.base(registry).resolved(registry))
+    done = search.finished()
+    search.write_summary(list(done.values()), space)  # the settings, before any training
+    for trial in range(1, trials + 1):
+        if trial in done:
+            continue
+        recipe, keys = search.trial_recipe(trial, registry)
+        drawn = sample(search.seed, trial)
+        values = {r.label: drawn[r.label] for r in space}
+        run = search.run_dir(trial)
+        resumed = (run / "checkpoints" / "last.safetensors").is_file()
+        if not resumed and (run / "metrics.jsonl").is_file():
+            # killed before its first checkpoint: it starts over, and so does its log
+            (run / "metrics.jsonl").unlink()
+        if on_trial:
+            on_trial(trial, keys, resumed)
+        tick = time.perf_counter()
+        trainer = Trainer(recipe, registry, run, device=device, progress=progress)
+        if resumed:
+            trainer.resume()
+        state = trainer.fit()
+        best = max(state.history, key=lambda h: h["acc@0.5"])
+        row = {"trial": trial, "run": run.name, "values": values, "set": keys,
+               "val_acc@0.5": best["acc@0.5"], "val_miou": best["miou"],
+               "best_epoch": best["epoch"], "epochs": recipe.train.epochs,
+               "seconds": time.perf_counter() - tick, "resumed": resumed}
+        with (search.out / "trials.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        done[trial] = row
+        search.write_summary(list(done.values()), space)
+    return ranked(list(done.values()))
