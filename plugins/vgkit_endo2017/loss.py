@@ -7,6 +7,7 @@ there. S_box is the ground-truth area in feature-map cells (of 14 x 14 = 196).
 
 from __future__ import annotations
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
@@ -24,6 +25,10 @@ class IouSeAreaOptions(BaseModel):
     iou: bool = True  # switch L_IoU off
     se: bool = True  # switch L_SE off
     area: bool = True  # switch L_S off (Table 3, "- loss penalty")
+    # A departure (0 = the paper): L_A supervises WHERE the image attention goes, where
+    # L_S only fits how much of it there is. Weight of the cross-entropy between the
+    # normalised attention map and the ground truth's share of each feature-map cell.
+    lambda_att: float = Field(0.0, ge=0)
 
 
 class IouSeArea(Loss):
@@ -41,6 +46,9 @@ class IouSeArea(Loss):
         if self.use_area and "alpha_I" not in spec.provided:
             raise VgkitError("loss iou-se-area: the area penalty L_S needs an image attention "
                              "map; add image-attention or set loss.area=false")
+        if opts.lambda_att > 0 and "alpha_I" not in spec.provided:
+            raise VgkitError("loss iou-se-area: lambda_att (L_A) needs an image attention map; "
+                             "add image-attention or set loss.lambda_att=0")
 
     def forward(self, pred: Tensor, target: Tensor, state: GroundingState,
                 input_size: tuple[int, int]) -> LossOutput:
@@ -59,13 +67,39 @@ class IouSeArea(Loss):
         lam1 = self.opts.lambda1 if self.opts.se else 0.0
         lam2 = self.opts.lambda2 if self.use_area else 0.0
         terms = {"L_IoU": L_IoU, "L_SE": lam1 * L_SE, "L_S": lam2 * L_S}
-        return LossOutput(L_IoU + lam1 * L_SE + lam2 * L_S, terms)
+        total = L_IoU + lam1 * L_SE + lam2 * L_S
+        if self.opts.lambda_att > 0:
+            assert state.alpha_I is not None
+            L_A = attention_ce(state.alpha_I.float(), box_cell_coverage(t, state.grid, input_size))
+            terms["L_A"] = self.opts.lambda_att * L_A
+            total = total + terms["L_A"]
+        return LossOutput(total, terms)
 
 
 def box_area_cells(t: Tensor, grid: tuple[int, int], input_size: tuple[int, int]) -> Tensor:
     """S_box: the area of (x, y, w, h) pixel boxes measured in feature-map cells."""
     (h, w), (H, W) = grid, input_size
     return t[..., 2].clamp(min=0) * (w / W) * t[..., 3].clamp(min=0) * (h / H)
+
+
+def box_cell_coverage(t: Tensor, grid: tuple[int, int], input_size: tuple[int, int]) -> Tensor:
+    """The share of each feature-map cell [B, h*w] (row-major) that the (x, y, w, h) box covers."""
+    (h, w), (H, W) = grid, input_size
+    x0, y0 = t[:, 0:1], t[:, 1:2]
+    x1, y1 = x0 + t[:, 2:3].clamp(min=0), y0 + t[:, 3:4].clamp(min=0)
+    cw, ch = W / w, H / h
+    cx = torch.arange(w, device=t.device, dtype=t.dtype) * cw  # left edges [w]
+    cy = torch.arange(h, device=t.device, dtype=t.dtype) * ch
+    ox = ((torch.minimum(x1, cx + cw) - torch.maximum(x0, cx)).clamp(min=0) / cw)  # [B, w]
+    oy = ((torch.minimum(y1, cy + ch) - torch.maximum(y0, cy)).clamp(min=0) / ch)  # [B, h]
+    return (oy[:, :, None] * ox[:, None, :]).flatten(1)
+
+
+def attention_ce(alpha_I: Tensor, coverage: Tensor, eps: float = 1e-6) -> Tensor:
+    """L_A: cross-entropy of the attention, normalised to sum 1, against the box's cells."""
+    p = (alpha_I + eps) / (alpha_I + eps).sum(-1, keepdim=True)
+    q = coverage / coverage.sum(-1, keepdim=True).clamp(min=eps)
+    return -(q * p.log()).sum(-1).mean()
 
 
 def build_iou_se_area(opts: IouSeAreaOptions, *, spec: FeatureSpec) -> IouSeArea:

@@ -14,7 +14,7 @@ from vgkit_endo2017.attention import (
 )
 from vgkit_endo2017.backbones import BackboneOptions, RandomWeightsWarning, build_vgg16
 from vgkit_endo2017.head import BoxRegression, BoxRegressionOptions
-from vgkit_endo2017.loss import IouSeArea, IouSeAreaOptions, box_area_cells
+from vgkit_endo2017.loss import IouSeArea, IouSeAreaOptions, box_area_cells, box_cell_coverage
 from vgkit_endo2017.text import BLSTMEncoder, BLSTMOptions
 
 from vgkit.errors import VgkitError
@@ -26,14 +26,14 @@ SPEC = FeatureSpec(channels=8, grid=(4, 4), word_dim=6, visual_dim=8, text_dim=6
 PHRASES = ["the red circle on the left", "man", "sky above the tree"]
 
 
-def _state(B=3, L=5, spec=SPEC, mask=None):
+def _state(B=3, L=5, spec=SPEC, mask=None, alpha=None):
     g = torch.Generator().manual_seed(0)
     V = torch.randn(B, spec.regions, spec.channels, generator=g)
     v_l = torch.randn(B, L, spec.word_dim, generator=g)
     mask = torch.ones(B, L, dtype=torch.bool) if mask is None else mask
     v_T = v_l.mean(1)
     return GroundingState(V=V, grid=spec.grid, v_l=v_l, word_mask=mask, v_T=v_T,
-                          visual=V.mean(1), text=v_T)
+                          visual=V.mean(1), text=v_T, alpha_I=alpha)
 
 
 def ref_iou(a, b):
@@ -112,6 +112,9 @@ def test_relu_not_softmax_on_image_attention_softmax_on_text_attention():
     assert not torch.allclose(alpha.sum(-1), torch.ones(3))  # relu does not normalise
     soft = ImageAttention(ImageAttentionOptions(hidden=10, dropout=0, activation="softmax"), SPEC).eval()
     assert torch.allclose(soft(_state()).alpha_I.sum(-1), torch.ones(3), atol=1e-6)
+    soft_n = ImageAttention(ImageAttentionOptions(hidden=10, dropout=0, activation="softmax-n"), SPEC).eval()
+    soft_n.load_state_dict(soft.state_dict())
+    assert torch.allclose(soft_n(_state()).alpha_I, soft(_state()).alpha_I * SPEC.regions, atol=1e-6)
     spec = att.out_spec
     ta = TextAttention(TextAttentionOptions(hidden=7, dropout=0), spec).eval()
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
@@ -219,6 +222,37 @@ def test_a_switched_off_term_contributes_exactly_zero(off):
 def test_area_penalty_without_an_attention_map_is_a_clear_error():
     with pytest.raises(VgkitError, match="needs an image attention"):
         IouSeArea(IouSeAreaOptions(), SPEC)
+
+
+
+def test_box_cell_coverage_is_each_cells_covered_share_row_major():
+    t = torch.tensor([[16.0, 0.0, 32.0, 8.0]])  # 64x64 input, 4x4 cells of 16 px
+    c = box_cell_coverage(t, (4, 4), (64, 64)).view(4, 4)
+    assert c[0].tolist() == [0.0, 0.5, 0.5, 0.0]  # half the height of cells 1 and 2 of row 0
+    assert c[1:].sum().item() == 0.0
+    boxes = torch.tensor([[3.0, 5.0, 40.0, 21.0], [0.0, 0.0, 64.0, 64.0]])
+    assert box_cell_coverage(boxes, (4, 4), (64, 64)).sum(-1).tolist() == pytest.approx(
+        box_area_cells(boxes, (4, 4), (64, 64)).tolist())
+
+
+def test_L_A_is_lower_when_the_attention_sits_on_the_box_and_pulls_it_there():
+    spec = SPEC.with_(provided=frozenset({"alpha_I"}))
+    loss = IouSeArea(IouSeAreaOptions(iou=False, se=False, area=False, lambda_att=2.0), spec)
+    t = torch.tensor([[0.0, 0.0, 16.0, 16.0]])  # exactly cell 0
+    on, off = torch.zeros(1, 16), torch.zeros(1, 16)
+    on[0, 0], off[0, 15] = 1.0, 1.0
+    l_on, l_off = (loss(t, t, _state(B=1, alpha=a), (64, 64)).total.item() for a in (on, off))
+    assert l_on == pytest.approx(0.0, abs=1e-4) and l_off > 10
+    alpha = torch.full((1, 16), 1 / 16, requires_grad=True)
+    out = loss(t, t, _state(B=1, alpha=alpha), (64, 64))
+    assert out.terms["L_A"].item() == pytest.approx(2.0 * torch.log(torch.tensor(16.0)).item(), rel=1e-4)
+    out.total.backward()
+    assert alpha.grad[0, 0] < 0 and (alpha.grad[0, 1:] > 0).all()  # more mass on the box
+
+
+def test_L_A_without_an_attention_map_is_a_clear_error():
+    with pytest.raises(VgkitError, match="lambda_att"):
+        IouSeArea(IouSeAreaOptions(area=False, lambda_att=1.0), SPEC)
 
 
 # ---------------------------------------------------------------- composition

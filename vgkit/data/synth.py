@@ -27,7 +27,7 @@ from vgkit.errors import VgkitError
 from vgkit.text import tokenize
 
 # Bump whenever a change alters the output, so ensure_synthetic regenerates.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DEFAULT_IMAGE_SIZE = (320, 240)
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_N_IMAGES = 2000
@@ -36,7 +36,7 @@ PALETTE = {"red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (240, 215, 
            "green": (35, 165, 55), "blue": (35, 85, 220), "purple": (145, 55, 190)}
 # Half-extents in pixels at a 240-pixel short side (objects span ~1.5-5 feature cells
 # at 224 x 224): the ranges leave a gap so "small" and "large" never come close.
-RADIUS = {"small": (14.0, 19.0), "large": (30.0, 40.0)}
+RADIUS = {"small": (22.0, 30.0), "large": (42.0, 56.0)}
 GAP, BORDER = 8, 4  # min pixels between objects' boxes, and to the image edge
 JPEG_QUALITY = 90
 SCENES_FILE = "scenes.jsonl"
@@ -78,15 +78,17 @@ def object_mask(shape: str, cx: float, cy: float, radius: float,
 def _sample_objects(rng: random.Random, w: int, h: int) -> list[dict[str, Any]]:
     scale = min(w, h) / 240
     objs: list[dict[str, Any]] = []
-    target_n = rng.randint(3, 6)
+    # Sizes are drawn up front and placed large first: rejection sampling would otherwise
+    # drop mostly large objects and skew the boxes small (ReferIt's boxes are large).
+    sizes = sorted((rng.choice(SIZES) for _ in range(rng.randint(3, 5))), key=SIZES.index, reverse=True)
     for _ in range(200):  # rejection sampling; a crowded scene just ends up smaller
-        if len(objs) == target_n:
+        if len(objs) == len(sizes):
             break
         # Reuse shapes and colours often: repeated shapes make position and
         # relation expressions necessary rather than decorative.
         shape = rng.choice([o["shape"] for o in objs]) if objs and rng.random() < 0.45 else rng.choice(SHAPES)
         colour = rng.choice([o["colour"] for o in objs]) if objs and rng.random() < 0.3 else rng.choice(COLOURS)
-        size = rng.choice(SIZES)
+        size = sizes[len(objs)]
         r = rng.uniform(*RADIUS[size]) * scale
         cx, cy = rng.uniform(BORDER + r, w - BORDER - r), rng.uniform(BORDER + r, h - BORDER - r)
         if any(abs(cx - o["cx"]) < r + o["radius"] + GAP and abs(cy - o["cy"]) < r + o["radius"] + GAP
