@@ -82,6 +82,9 @@ class OptimConfig(_Strict):
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    # "constant" is the paper. "cosine" (a departure) decays lr to 0 over the run: a pure
+    # function of the step, so a resumed run follows the same curve exactly.
+    schedule: Literal["constant", "cosine"] = "constant"
 
 
 class TrainConfig(_Strict):

@@ -94,8 +94,11 @@ def test_two_rank_ddp_equals_one_rank_with_the_same_global_batch(root, tmp_path)
     a = {k: v for k, v in _weights(tmp_path / "one").items() if k.startswith("model.")}
     b = {k: v for k, v in _weights(tmp_path / "two").items() if k.startswith("model.")}
     assert a.keys() == b.keys()
+    # The all-reduce adds the two halves' gradients in another order than one rank does,
+    # and fp32 rounding grows over the steps: ~1e-4 after two epochs. A rank training on
+    # the wrong shard, or its half of the gradient dropped, moves weights by ~lr a step.
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), k
+        assert torch.allclose(a[k], b[k], atol=5e-4, rtol=1e-3), k
 
 
 def test_nan_loss_stops_with_a_message_and_leaves_the_last_good_checkpoint(root, tmp_path):
@@ -171,3 +174,16 @@ def test_checkpoint_round_trip_rebuilds_the_trained_model(root, tmp_path):
     # the rebuilt backbone names the same feature cache, so evaluation reuses it
     assert model.backbone.identity() == trainer.model.backbone.identity()
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count('"event": "val"') == 1
+
+
+def test_cosine_schedule_decays_from_lr_to_zero_and_constant_is_the_paper():
+    from vgkit.engine.train import lr_at
+    from vgkit.recipe import OptimConfig
+
+    cos = OptimConfig(lr=0.01, schedule="cosine")
+    assert lr_at(cos, 0, 100) == pytest.approx(0.01)
+    assert lr_at(cos, 50, 100) == pytest.approx(0.005)
+    assert lr_at(cos, 100, 100) == pytest.approx(0.0, abs=1e-12)
+    assert [lr_at(cos, s, 100) for s in range(0, 101, 10)] == sorted(
+        (lr_at(cos, s, 100) for s in range(0, 101, 10)), reverse=True)
+    assert {lr_at(OptimConfig(lr=0.01), s, 100) for s in (0, 50, 100)} == {0.01}

@@ -28,7 +28,7 @@ from vgkit.engine.data import DataBundle
 from vgkit.engine.evaluate import accuracy, predict
 from vgkit.errors import VgkitError
 from vgkit.model import GroundingModel, build_model, compute_loss
-from vgkit.recipe import Recipe
+from vgkit.recipe import OptimConfig, Recipe
 from vgkit.registry import Registry
 from vgkit.text import Vocabulary
 
@@ -186,6 +186,8 @@ class Trainer:
                                 f"is {self.out / 'checkpoints' / 'last.safetensors'}")
                         self.opt.zero_grad(set_to_none=True)
                         res.total.backward()
+                        for group in self.opt.param_groups:
+                            group["lr"] = lr_at(self.recipe.optim, self.state.global_step, total)
                         self.opt.step()
                         self.state.step_in_epoch += 1
                         self.state.global_step += 1
@@ -227,6 +229,13 @@ class Trainer:
             if improved:
                 self.save("best")
         barrier()
+
+
+def lr_at(optim: OptimConfig, step: int, total: int) -> float:
+    """The learning rate of step `step` (0-based) of `total` under the recipe's schedule."""
+    if optim.schedule == "constant" or total <= 0:
+        return optim.lr
+    return 0.5 * optim.lr * (1 + math.cos(math.pi * min(step, total) / total))
 
 
 def load_trained(run: Path, registry: Registry, *, which: str = "best",
