@@ -258,7 +258,9 @@ def test_L_A_without_an_attention_map_is_a_clear_error():
 # ---------------------------------------------------------------- composition
 
 @pytest.mark.parametrize("name", ["refit-attn-regression", "refit-no-text-attention",
-                                  "refit-no-attention", "refit-no-penalty"])
+                                  "refit-no-attention", "refit-no-penalty",
+                                  "synthetic-attn-regression", "synthetic-no-text-attention",
+                                  "synthetic-no-attention", "synthetic-no-attention-loss"])
 def test_reference_and_ablation_recipes_run_forward_and_backward(registry, name):
     recipe = load_recipe(name, registry=registry)
     torch.manual_seed(0)
@@ -277,6 +279,7 @@ def test_reference_and_ablation_recipes_run_forward_and_backward(registry, name)
     n_att = len(recipe.model.attention)
     assert (out.state.alpha_I is None) == (n_att == 0)
     assert (out.state.alpha_T is None) == (n_att < 2)
+    assert ("L_A" in res.terms) == (recipe.loss.options().get("lambda_att", 0) > 0)
 
 
 def test_features_and_image_index_give_the_same_result_as_images(registry):
