@@ -57,6 +57,10 @@ class ImageAttention(Attention):
         self.drop = nn.Dropout(opts.dropout)
         self.W_vh = nn.Linear(opts.hidden, 1)  # its bias is b_vh
         self.activation = opts.activation
+        if opts.activation != "relu":
+            # softmax is shift-invariant: b_vh gets no gradient but rounding noise, which
+            # Adam would scale up into lr-sized random steps. Frozen, it stays what it is.
+            self.W_vh.bias.requires_grad_(False)
         self.out_spec = spec.with_(visual_dim=spec.regions,
                                    provided=spec.provided | {"alpha_I"})
 

@@ -114,6 +114,9 @@ def test_relu_not_softmax_on_image_attention_softmax_on_text_attention():
     assert torch.allclose(soft(_state()).alpha_I.sum(-1), torch.ones(3), atol=1e-6)
     soft_n = ImageAttention(ImageAttentionOptions(hidden=10, dropout=0, activation="softmax-n"), SPEC).eval()
     soft_n.load_state_dict(soft.state_dict())
+    # softmax is shift-invariant, so b_vh would only collect rounding noise: it is frozen
+    assert att.W_vh.bias.requires_grad and not soft.W_vh.bias.requires_grad
+    assert not soft_n.W_vh.bias.requires_grad
     assert torch.allclose(soft_n(_state()).alpha_I, soft(_state()).alpha_I * SPEC.regions, atol=1e-6)
     spec = att.out_spec
     ta = TextAttention(TextAttentionOptions(hidden=7, dropout=0), spec).eval()
