@@ -139,7 +139,11 @@ class Trainer:
         frozen = set(ckpt.frozen_state(self.model))
         if set(missing) - frozen:
             raise VgkitError(f"{path}: lacks {sorted(set(missing) - frozen)[:3]}")
-        ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
+        try:
+            ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
+        except ValueError as e:  # torch: "... doesn't match the size of optimizer's group"
+            raise VgkitError(f"{path}: its optimizer state does not fit this model's trainable "
+                             f"parameters (written by another vgkit version?): {e}") from None
         ckpt.restore_rng(tensors)
         self.state = TrainState(meta["epoch"], meta["step_in_epoch"], meta["global_step"],
                                 meta["best"], meta["history"])
