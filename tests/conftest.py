@@ -1,8 +1,10 @@
-"""Shared fixtures: a process-wide registry and small random inputs."""
+"""Shared fixtures: a process-wide registry, small random inputs, the real ReferIt annotations."""
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -22,3 +24,12 @@ def _quiet_random_weights():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
         yield
+
+
+@pytest.fixture(scope="module")
+def real_dir() -> Path:
+    """The real ReferIt annotations (hu form); skips, saying why, where they are not given."""
+    d = os.environ.get("VGKIT_REFERIT_ANNOTATIONS")
+    if not d:
+        pytest.skip("set VGKIT_REFERIT_ANNOTATIONS to the hu-form ReferIt annotation directory")
+    return Path(d)

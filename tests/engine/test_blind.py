@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 
 from vgkit.cli import app
@@ -74,15 +72,6 @@ def test_blind_pipeline_without_images(runner, tmp_path, monkeypatch):
     assert err["image attention"] is None and err["incoherent box"] is None
     assert err["wrong size"] + err["wrong place"] == summary["errors"]["failures"]
     assert not (root / "images").exists() and not list(root.glob("features*"))
-
-
-@pytest.fixture(scope="module")
-def real_dir() -> Path:
-    """The real ReferIt annotations (hu form); skips, saying why, where they are not given."""
-    d = os.environ.get("VGKIT_REFERIT_ANNOTATIONS")
-    if not d:
-        pytest.skip("set VGKIT_REFERIT_ANNOTATIONS to the hu-form ReferIt annotation directory")
-    return Path(d)
 
 
 def _slice(real: Path, out: Path, crops: int) -> None:
