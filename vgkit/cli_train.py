@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -56,15 +57,23 @@ def train(
         n = sum(p.numel() for p in trainer.params)
         console.print(f"training {rec.name} on {trainer.device} x{trainer.info.world}: "
                       f"{len(trainer.train_set):,} expressions, {n:,} trainable parameters -> {run}")
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop, like Ctrl-C
     try:
         state = trainer.fit()
     except KeyboardInterrupt:
         if trainer.info.is_main:
             console.print(f"[yellow]interrupted[/]: saved {last}; continue with --resume")
         raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if trainer.info.is_main:
         console.print(f"[green]done[/]: best val Acc@0.5 {state.best:.2%} -> "
                       f"{run / 'checkpoints' / 'best.safetensors'}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (kill, Slurm's time limit, torchrun stopping its workers) saves like Ctrl-C."""
+    raise KeyboardInterrupt
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,6 +75,46 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(root, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
+
+def _logged_steps(run: Path) -> int:
+    try:
+        return (run / "metrics.jsonl").read_text().count('"event": "train"')
+    except FileNotFoundError:
+        return 0
+
+
+def test_sigterm_saves_the_current_step_and_exits_like_ctrl_c(root, tmp_path):
+    run = tmp_path / "term"
+    victim = _cli(*_train_args(root, run, ["train.checkpoint_every=100000"]))
+    deadline = time.time() + 240
+    while _logged_steps(run) < 2 and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    seen = _logged_steps(run)
+    victim.send_signal(signal.SIGTERM)
+    out = victim.stdout.read()
+    assert victim.wait(timeout=60) == 130, out  # without the handler: killed, -15
+    assert "interrupted" in out and "--resume" in out, out
+    assert _step(run) >= seen >= 2  # the save happened at the signal, not at a periodic step
+    resumed = _cli(*_train_args(root, run, ["train.checkpoint_every=100000"]), "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+
+
+def test_resume_with_an_optimizer_state_that_does_not_fit_is_a_one_line_error(tiny_run, registry,
+                                                                            tmp_path):
+    from vgkit.errors import VgkitError
+    from vgkit.recipe import validate_recipe
+
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run.run, run)
+    last = run / "checkpoints" / "last.safetensors"
+    tensors, meta = ckpt.load(last)
+    meta["optimizer"]["param_groups"][0]["params"].append(10_000)  # one parameter too many
+    ckpt.atomic_save(tensors, meta, last)
+    recipe = validate_recipe(meta["recipe"], registry, source=str(last))
+    trainer = Trainer(recipe, registry, run, progress=False)
+    with pytest.raises(VgkitError, match=r"optimizer state does not fit") as e:
+        trainer.resume()
+    assert "\n" not in str(e.value)
 
 def _free_port() -> int:
     with socket.socket() as s:
