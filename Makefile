@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 # The embedded default end to end: generate the synthetic dataset (kept when it is already
 # there), extract VGG16 features once, train the paper's model, evaluate on the test split
-# and write a gallery. About 7 minutes on 2 idle CPU cores (benchmarks/RESULTS.md).
+# and write a gallery. 6.5 minutes on 2 idle CPU cores (measured, benchmarks/RESULTS.md).
 DEMO_IMAGES ?= 800
 DEMO_RUN ?= runs/demo
 demo: $(STAMP)
