@@ -124,11 +124,11 @@ def main() -> None:
             rows.append([attr, len(set(labels)), name, f"{tr_acc:.1%}", f"{te_acc:.1%}",
                          f"{chance:.1%}"])
             print(rows[-1], flush=True)
+    backbone = cache.manifest["spec"]["backbone"]
     body = (f"Dataset `{args.root}`: {int(train.sum()):,} train and {int((~train).sum()):,} test "
-            f"objects; cache `{cache.directory.name}` (backbone "
-            f"{cache.manifest['spec']['backbone']['model']}, weights sha256 "
-            f"{cache.manifest['spec']['backbone'].get('weights_sha256', '?')[:12]}). Linear probe: multinomial logistic "
-            "regression on standardised inputs, L-BFGS, weight decay 1e-3.\n\n"
+            f"objects; cache `{cache.directory.name}` (backbone {backbone['model']}, weights "
+            f"sha256 {backbone.get('weights_sha256', '?')[:12]}). Linear probe: multinomial "
+            "logistic regression on standardised inputs, L-BFGS, weight decay 1e-3.\n\n"
             + md_table(["attribute", "classes", "input", "train acc", "test acc",
                         "majority class (test)"], rows))
     md = section("Linear probes of the synthetic feature cache", machine(matmul_gflops()), body)

@@ -116,6 +116,7 @@ def test_resume_with_an_optimizer_state_that_does_not_fit_is_a_one_line_error(ti
         trainer.resume()
     assert "\n" not in str(e.value)
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
