@@ -61,3 +61,19 @@ def iou(a: Tensor, b: Tensor, *, inclusive: bool = False, eps: float = 1e-9) -> 
         return (x[..., 2] - x[..., 0] + one).clamp(min=0) * (x[..., 3] - x[..., 1] + one).clamp(min=0)
 
     return inter / (_area(a) + _area(b) - inter + eps)
+
+
+def cell_coverage(boxes: Tensor, grid: tuple[int, int],
+                  size: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+    """The share of each cell's area that each box covers: [n, h*w], row-major like V's regions.
+
+    `boxes` [n, 4] are xyxy in a frame of `size` (H, W) that the (h, w) `grid` divides
+    evenly: fractions with the default (1, 1), or pixels of the network input.
+    """
+    (h, w), (H, W) = grid, size
+    cw, ch = W / w, H / h
+    cx = torch.arange(w, device=boxes.device, dtype=boxes.dtype) * cw  # left edges [w]
+    cy = torch.arange(h, device=boxes.device, dtype=boxes.dtype) * ch  # top edges [h]
+    ox = (torch.minimum(boxes[:, 2:3], cx + cw) - torch.maximum(boxes[:, 0:1], cx)).clamp(min=0) / cw
+    oy = (torch.minimum(boxes[:, 3:4], cy + ch) - torch.maximum(boxes[:, 1:2], cy)).clamp(min=0) / ch
+    return (oy[:, :, None] * ox[:, None, :]).flatten(1)

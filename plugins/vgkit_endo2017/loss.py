@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from vgkit.boxes import iou, to_xyxy
+from vgkit.boxes import cell_coverage, iou, to_xyxy
 from vgkit.errors import VgkitError
 from vgkit.interfaces import FeatureSpec, GroundingState, Loss, LossOutput
 
@@ -84,15 +84,9 @@ def box_area_cells(t: Tensor, grid: tuple[int, int], input_size: tuple[int, int]
 
 def box_cell_coverage(t: Tensor, grid: tuple[int, int], input_size: tuple[int, int]) -> Tensor:
     """The share of each feature-map cell [B, h*w] (row-major) that the (x, y, w, h) box covers."""
-    (h, w), (H, W) = grid, input_size
     x0, y0 = t[:, 0:1], t[:, 1:2]
-    x1, y1 = x0 + t[:, 2:3].clamp(min=0), y0 + t[:, 3:4].clamp(min=0)
-    cw, ch = W / w, H / h
-    cx = torch.arange(w, device=t.device, dtype=t.dtype) * cw  # left edges [w]
-    cy = torch.arange(h, device=t.device, dtype=t.dtype) * ch
-    ox = ((torch.minimum(x1, cx + cw) - torch.maximum(x0, cx)).clamp(min=0) / cw)  # [B, w]
-    oy = ((torch.minimum(y1, cy + ch) - torch.maximum(y0, cy)).clamp(min=0) / ch)  # [B, h]
-    return (oy[:, :, None] * ox[:, None, :]).flatten(1)
+    xyxy = torch.cat((x0, y0, x0 + t[:, 2:3].clamp(min=0), y0 + t[:, 3:4].clamp(min=0)), 1)
+    return cell_coverage(xyxy, grid, input_size)
 
 
 def attention_ce(alpha_I: Tensor, coverage: Tensor, eps: float = 1e-6) -> Tensor:

@@ -27,26 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vgkit.boxes import cell_coverage
+
 SHARE = 0.5  # "half of the mass", for buckets 1 and 2
 IMAGE_ATTENTION, INCOHERENT, WRONG_SIZE, WRONG_PLACE = (
     "image attention", "incoherent box", "wrong size", "wrong place")
 BUCKETS = (IMAGE_ATTENTION, INCOHERENT, WRONG_SIZE, WRONG_PLACE)  # the order of precedence
 NEEDS_ATTENTION = (IMAGE_ATTENTION, INCOHERENT)
-
-
-def cell_coverage(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
-    """boxes [n, 4] xyxy fractions -> [n, h*w]: the share of each cell's area inside the box."""
-    h, w = grid
-
-    def overlap(lo: Tensor, hi: Tensor, cells: int) -> Tensor:  # [n, cells], in cell widths
-        edges = torch.arange(cells + 1, dtype=boxes.dtype) / cells
-        a = torch.maximum(lo[:, None], edges[None, :-1])
-        b = torch.minimum(hi[:, None], edges[None, 1:])
-        return (b - a).clamp(min=0) * cells
-
-    ox = overlap(boxes[:, 0], boxes[:, 2], w)  # [n, w]
-    oy = overlap(boxes[:, 1], boxes[:, 3], h)  # [n, h]
-    return (oy[:, :, None] * ox[:, None, :]).flatten(1)  # row-major, like V's regions
 
 
 def attention_share(alpha_I: Tensor, grid: tuple[int, int], boxes: Tensor) -> Tensor:
