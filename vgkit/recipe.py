@@ -246,6 +246,22 @@ def _set_path(data: Any, path: str, value: Any, *, create: bool = False) -> None
             raise VgkitError(f"--set {path}: {'.'.join(parts[:i])} is a value, not a table")
 
 
+def has_path(data: Any, path: str) -> bool:
+    """Whether a dotted ``--set`` path names an existing value of `data` (lists by index or name)."""
+    node = data
+    for part in path.split("."):
+        if isinstance(node, list):
+            try:
+                node = node[_list_index(node, part, path)]
+            except VgkitError:
+                return False
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False
+    return True
+
+
 def _list_index(items: list[Any], part: str, where: str) -> int:
     if part.isdigit():
         if int(part) >= len(items):

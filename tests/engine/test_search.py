@@ -11,8 +11,8 @@ import pytest
 
 from vgkit.cli import app
 from vgkit.data.synth import generate
-from vgkit.engine.search import SPACE, Search, has_key, ranked, sample, searched, trial_overrides
-from vgkit.recipe import load_recipe
+from vgkit.engine.search import SPACE, Search, ranked, sample, searched, trial_overrides
+from vgkit.recipe import has_path, load_recipe
 
 TINY = ["data.image_size=[64, 64]", "train.workers=0", "train.batch_size=10",
         "model.text_encoder.hidden=16", "model.text_encoder.embedding_dim=16"]
@@ -30,7 +30,7 @@ def test_space_is_table_1_and_its_keys_hold_the_final_values(registry):
     full = load_recipe("refit-attn-regression", registry=registry).resolved(registry)
     for r in SPACE:
         for key in r.keys:
-            assert has_key(full, key), key
+            assert has_path(full, key), key
             node = full
             for part in key.split("."):
                 node = (next(x for x in node if x["name"] == part) if isinstance(node, list)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vgkit.errors import VgkitError
-from vgkit.recipe import Recipe, load_recipe
+from vgkit.recipe import Recipe, has_path, load_recipe
 from vgkit.registry import Registry
 
 
@@ -77,34 +77,15 @@ def sample(seed: int, trial: int, space: Sequence[Range] = SPACE) -> dict[str, f
     return {r.label: rng.choice(r.values()) for r in space}
 
 
-def has_key(resolved: dict[str, Any], path: str) -> bool:
-    """Whether a dotted ``--set`` path names an existing value of a resolved recipe dict."""
-    node: Any = resolved
-    for part in path.split("."):
-        if isinstance(node, list):
-            by_name = [x for x in node if isinstance(x, dict) and x.get("name") == part]
-            if part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            elif by_name:
-                node = by_name[0]
-            else:
-                return False
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return False
-    return True
-
-
 def trial_overrides(resolved: dict[str, Any], values: dict[str, float | int],
                     space: Sequence[Range] = SPACE) -> dict[str, float | int]:
     """``{key: value}`` for the sampled values whose keys the recipe has."""
-    return {k: values[r.label] for r in space for k in r.keys if has_key(resolved, k)}
+    return {k: values[r.label] for r in space for k in r.keys if has_path(resolved, k)}
 
 
 def searched(resolved: dict[str, Any], space: Sequence[Range] = SPACE) -> list[Range]:
     """The ranges of `space` that set at least one key of the recipe."""
-    return [r for r in space if any(has_key(resolved, k) for k in r.keys)]
+    return [r for r in space if any(has_path(resolved, k) for k in r.keys)]
 
 
 @dataclass
