@@ -264,12 +264,15 @@ def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.Path
     if buckets is None:
         groups["wrong"], totals["wrong"] = _sample(wrong, k_wrong, rng), len(wrong)
     else:
-        by_bucket: dict[str, list[int]] = {}
+        from vgkit.engine.errors import BUCKETS
+
+        by_bucket: dict[str | None, list[int]] = {}
         for i in wrong:
-            by_bucket.setdefault(f"wrong: {buckets[i]}", []).append(i)
-        by_bucket = dict(sorted(by_bucket.items(), key=lambda kv: _bucket_rank(kv[0])))
-        groups.update(_spread(by_bucket, k_wrong, rng))
-        totals.update({g: len(idx) for g, idx in by_bucket.items()})
+            by_bucket.setdefault(buckets[i], []).append(i)
+        order = sorted(by_bucket, key=lambda b: BUCKETS.index(b) if b in BUCKETS else len(BUCKETS))
+        by_group = {f"wrong: {b}": by_bucket[b] for b in order}  # in the order of precedence
+        groups.update(_spread(by_group, k_wrong, rng))
+        totals.update({g: len(idx) for g, idx in by_group.items()})
     images: dict[str, Image.Image] = {}
     sections, listing = [], []
     for label, idx in groups.items():
@@ -301,9 +304,3 @@ def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.Path
     (out / "index.json").write_text(json.dumps(listing, indent=1) + "\n", encoding="utf-8")
     return out / "index.html"
 
-
-def _bucket_rank(group: str) -> int:
-    from vgkit.engine.errors import BUCKETS
-
-    name = group.removeprefix("wrong: ")
-    return BUCKETS.index(name) if name in BUCKETS else len(BUCKETS)
