@@ -12,7 +12,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 import vgkit
-from vgkit.cli_common import console, err_console, user_errors
+from vgkit.cli_common import console, err_console, print_error, styled, user_errors
 from vgkit.errors import VgkitError
 
 app = typer.Typer(help="vgkit: visual grounding toolkit (phrase -> box).", no_args_is_help=True,
@@ -34,7 +34,7 @@ def _mount() -> None:
 
 
 def _show_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(styled("warning:", "yellow", f" {message}"), soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -64,8 +64,8 @@ def plugins() -> None:
         for kind, name in p.registered:
             by_kind.setdefault(kind, []).append(name)
         what = "\n".join(f"{k}: {', '.join(v)}" for k, v in by_kind.items())
-        status = {"ok": "[green]ok[/]", "disabled": "[dim]disabled[/]"}.get(
-            p.status, f"[red]error[/]\n{p.error}")
+        status = {"ok": styled("ok", "green"), "disabled": styled("disabled", "dim")}.get(
+            p.status, styled("error", "red", f"\n{p.error}"))
         table.add_row(p.name, p.distribution, p.version, status, what or "-")
     console.print(table)
     if not host.plugins:
@@ -103,8 +103,12 @@ def recipes_show(
 
     registry = get_registry()
     recipe = load_recipe(name, set_, registry=registry)
-    text = yaml.safe_dump(recipe.resolved(registry), sort_keys=False)
-    console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    # never folded: yaml would break long strings at 80 columns
+    text = yaml.safe_dump(recipe.resolved(registry), sort_keys=False, width=float("inf"))
+    if console.is_terminal:
+        console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    else:  # a pipe or a file gets the YAML itself: never folded, cropped or padded
+        console.print(text, end="", soft_wrap=True)
     with warnings.catch_warnings():  # counting parameters needs no pretrained weights
         warnings.simplefilter("ignore")
         bb = registry.get("backbone", recipe.model.backbone.name)
@@ -120,7 +124,7 @@ def recipes_show(
         t, f = count_parameters(module)
         table.add_row(label, f"{t:,}", f"{f:,}")
     t, f = count_parameters(model)
-    table.add_row("[bold]total[/]", f"[bold]{t:,}[/]", f"[bold]{f:,}[/]")
+    table.add_row("total", f"{t:,}", f"{f:,}", style="bold")
     console.print(table)
     vocab = len(model.text_encoder.vocab) if hasattr(model.text_encoder, "vocab") else None
     if vocab:
@@ -135,5 +139,5 @@ def main() -> None:
     try:
         app()
     except VgkitError as exc:  # raised outside a command (e.g. strict plugin loading)
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(exc)
         sys.exit(2)

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from vgkit.cli_common import user_errors
+from vgkit.cli_common import LiteralConsole, styled, user_errors
 from vgkit.data.index import DatasetIndex, Record
 from vgkit.data.referit import DEFAULT_SPLITS, FORMATS, load_referit
 from vgkit.errors import UnknownNameError, VgkitError
@@ -37,7 +37,7 @@ _QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 def _console() -> Console:
     # Built per command so output goes to the stdout current at call time (CliRunner swaps it).
-    return Console(highlight=False, soft_wrap=True)
+    return LiteralConsole(soft_wrap=True)
 
 
 def missing_images(index: DatasetIndex, root: Path) -> tuple[int, int, list[str]]:
@@ -98,8 +98,8 @@ def prepare(
     con.print(table)
     if n_missing:
         what = "none of the" if n_missing == n_images else f"{n_missing:,} of"
-        con.print(f"[yellow]missing images:[/] {what} {n_images:,} images exist under {root}; "
-                  f"first: {', '.join(examples)}")
+        con.print(styled("missing images:", "yellow", f" {what} {n_images:,} images exist under {root}; "
+                  f"first: {', '.join(examples)}"))
     else:
         con.print(f"images: all {n_images:,} found under {root}")
     _print_problems(con, index.meta)
@@ -108,8 +108,8 @@ def prepare(
 def _print_problems(con: Console, meta: dict[str, Any]) -> None:
     counts = meta.get("problems", {}).get("counts", {})
     if counts:
-        con.print("[yellow]problems[/] (per expression): "
-                  + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        con.print(styled("problems", "yellow", " (per expression): "
+                          + ", ".join(f"{k} {v:,}" for k, v in counts.items())))
         for kind, examples in meta["problems"].get("examples", {}).items():
             for ex in examples[:2]:
                 con.print(f"  {kind}: {ex}")
@@ -168,8 +168,8 @@ def info(
     con = _console()
     # The manifest's digest: recomputing it over every record costs seconds.
     digest = json.loads((index_dir / "manifest.json").read_text()).get("digest", "?")
-    con.print(f"[bold]{index.name}[/] ({index.source or '?'} form): {len(index):,} records, "
-              f"digest {digest[:12]}")
+    con.print(styled(index.name, "bold", f" ({index.source or '?'} form): {len(index):,} records, "
+              f"digest {digest[:12]}"))
     t = Table(title="splits")
     t.add_column("split")
     t.add_column("expressions", justify="right")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vgkit.cli_common import console, user_errors
+from vgkit.cli_common import console, styled, user_errors
 from vgkit.errors import VgkitError
 
 app = typer.Typer(help="Extract and inspect frozen-backbone feature caches.", no_args_is_help=True)
@@ -20,7 +20,7 @@ def extract(
     root: Path = typer.Option(None, help="Dataset directory (default data/<dataset>)."),
     backbone: str = typer.Option("vgg16", help="Registered backbone, e.g. vgg16 or timm:resnet50."),
     weights: Path = typer.Option(None, help="Local weights file of the backbone."),
-    image_size: int = typer.Option(224, help="Square network input size in pixels."),
+    image_size: int = typer.Option(224, min=1, help="Square network input size in pixels."),
     resize: str = typer.Option("stretch", help="stretch (the paper) or letterbox."),
     out: Path = typer.Option(None, help="Cache directory (default <root>/features/<model>-<key>)."),
     batch_size: int = typer.Option(32, min=1),
@@ -42,6 +42,9 @@ def extract(
     bb = registry.build("backbone", backbone, {"weights": str(weights) if weights else None})
     if not bb.frozen:
         raise VgkitError(f"backbone {backbone!r} is trainable: only frozen backbones are cached")
+    if image_size % bb.stride or image_size < bb.stride:
+        raise VgkitError(f"--image-size {image_size}: not a positive multiple of {backbone}'s "
+                         f"stride {bb.stride}")
     transform = ImageTransform((image_size, image_size), resize)  # type: ignore[arg-type]
     dev = device_for(info, device)
     n = len(image_table(index))
@@ -54,11 +57,11 @@ def extract(
     if info.is_main:
         cache = FeatureCache.open(path)
         secs = time.perf_counter() - t0
-        console.print(f"[green]cache complete[/]: {path}  {tuple(cache.features.shape)} float16, "
-                      f"{cache.features.nbytes / 2**20:,.0f} MiB, {secs:.1f}s")
+        console.print(styled("cache complete", "green", f": {path}  {tuple(cache.features.shape)} float16, "
+                      f"{cache.features.nbytes / 2**20:,.0f} MiB, {secs:.1f}s"))
         if cache.bad:
-            console.print(f"[yellow]{len(cache.bad)} unreadable images[/] stored as zeros and "
-                          f"skipped in training: {', '.join(sorted(cache.bad)[:5])}")
+            console.print(styled(f"{len(cache.bad)} unreadable images", "yellow", " stored as zeros and "
+                          f"skipped in training: {', '.join(sorted(cache.bad)[:5])}"))
 
 
 @app.command("info")

@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from vgkit.cli_common import console, user_errors
+from vgkit.cli_common import console, styled, user_errors
 
 
 def results_table(results: list[dict[str, Any]], labels: list[tuple[str, str]], title: str) -> Table:
@@ -27,10 +27,10 @@ def results_table(results: list[dict[str, Any]], labels: list[tuple[str, str]], 
 @user_errors
 def search(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or TOML/YAML file."),
-    trials: int = typer.Option(..., "--trials", help="Number of trials (the search ends at N)."),
+    trials: int = typer.Option(..., "--trials", min=1, help="Number of trials (the search ends at N)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled values (trial k: (seed, k))."),
     out: Path = typer.Option(None, "--out", help="Search directory (default: runs/search-<recipe>)."),
-    epochs: int = typer.Option(None, "--epochs", help="Override train.epochs of every trial."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Override train.epochs of every trial."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value in every trial."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -50,14 +50,14 @@ def search(
     def announce(trial: int, keys: dict[str, Any], resumed: bool) -> None:
         what = "resuming" if resumed else "training"
         sets = " ".join(f"{k.removeprefix('model.')}={v}" for k, v in keys.items())
-        console.print(f"[bold]trial {trial}/{trials}[/] {what}: {sets}", highlight=False)
+        console.print(styled(f"trial {trial}/{trials}", "bold", f" {what}: {sets}"))
 
     try:
         results = run_search(s, trials, registry, device=device, progress=not quiet,
                              on_trial=announce)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: the trial's last checkpoint is saved; run the same "
-                      "command again to continue")
+        console.print(styled("interrupted", "yellow", ": the trial's last checkpoint is saved; run the same "
+                      "command again to continue"))
         raise typer.Exit(130) from None
     labels = [(r.label, r.short) for r in space]
     console.print(results_table(results, labels, f"{base.name}: trials by best validation "

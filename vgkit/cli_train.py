@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from vgkit.cli_common import console, user_errors
+from vgkit.cli_common import console, styled, user_errors
 from vgkit.errors import VgkitError
 
 
@@ -23,7 +23,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Feature cache directory to use."),
-    nproc: int = typer.Option(0, "--nproc", help="Start N processes with torchrun (DDP)."),
+    nproc: int = typer.Option(0, "--nproc", min=0, help="Start N processes with torchrun (DDP)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a recipe: Adam, validation each epoch, best and last checkpoints, exact resume."""
@@ -62,13 +62,13 @@ def train(
         state = trainer.fit()
     except KeyboardInterrupt:
         if trainer.info.is_main:
-            console.print(f"[yellow]interrupted[/]: saved {last}; continue with --resume")
+            console.print(styled("interrupted", "yellow", f": saved {last}; continue with --resume"))
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     if trainer.info.is_main:
-        console.print(f"[green]done[/]: best val Acc@0.5 {state.best:.2%} -> "
-                      f"{run / 'checkpoints' / 'best.safetensors'}")
+        console.print(styled("done", "green", f": best val Acc@0.5 {state.best:.2%} -> "
+                      f"{run / 'checkpoints' / 'best.safetensors'}"))
 
 
 def _interrupt(signum: int, frame: object) -> None:
