@@ -24,6 +24,7 @@ from common import (
     timeit,
 )
 
+from vgkit.data.synth import ensure_synthetic
 from vgkit.distributed import DistInfo
 from vgkit.engine.data import DataBundle, ExprSet, eval_order
 from vgkit.engine.evaluate import predict
@@ -51,6 +52,7 @@ def parse() -> argparse.Namespace:
 def setup(root: Path, n_images: int) -> tuple:
     """The reference model (Table 1 sizes, 8,803-token vocabulary) on a cached synthetic set."""
     data = root / f"synthetic-{n_images}"
+    ensure_synthetic(data, n_images=n_images, image_size=(320, 240), progress=False)
     recipe = load_recipe("synthetic-attn-regression", [
         f"data.root={data}",
         f'data.dataset={{name = "synthetic", n_images = {n_images}, image_size = [320, 240]}}',

@@ -18,10 +18,14 @@ from vgkit.registry import Registry
 
 
 class SyntheticOptions(BaseModel):
-    """Options of the ``synthetic`` dataset (generated on first use, then reused)."""
+    """Options of the ``synthetic`` dataset: what the dataset at the root must have been made with.
+
+    Only ``vgkit data synth`` (and ``make demo``) generate data: a mistyped root must not
+    silently become minutes of drawing and extraction.
+    """
 
     model_config = ConfigDict(extra="forbid")
-    # None: use the dataset found at the root as it is (2000 images when there is none)
+    # None: use the dataset found at the root as it is
     n_images: int | None = Field(None, ge=10)
     seed: int | None = None
     image_size: tuple[int, int] | None = None  # (W, H) of the generated JPEGs
@@ -36,15 +40,26 @@ class ReferItOptions(BaseModel):
 
 
 def build_synthetic(opts: SyntheticOptions, *, root: Path) -> DatasetIndex:
-    """PIL-drawn scenes with unambiguous referring expressions (generated if missing)."""
+    """The PIL-drawn scenes at `root`, made by ``vgkit data synth`` (never generated here)."""
     from vgkit.data import synth
 
     given = {k: v for k, v in opts.model_dump().items() if v is not None}
-    if not given and (root / "manifest.json").is_file():
-        return synth.load_synthetic(root)
-    return synth.ensure_synthetic(root, n_images=given.get("n_images", synth.DEFAULT_N_IMAGES),
-                                  seed=given.get("seed", 0),
-                                  image_size=tuple(given.get("image_size", synth.DEFAULT_IMAGE_SIZE)))
+    if "image_size" in given:
+        given["image_size"] = list(given["image_size"])
+    make = (f"vgkit data synth --out {root} --n-images {given.get('n_images', synth.DEFAULT_N_IMAGES)}"
+            + (f" --seed {given['seed']}" if "seed" in given else "")
+            + (" --width {} --height {}".format(*given["image_size"]) if "image_size" in given
+               else ""))
+    if not (root / "manifest.json").is_file():
+        raise VgkitError(f"no synthetic dataset at {root} (no manifest.json); check data.root / "
+                         f"--root, or make one with `{make}`")
+    index = synth.load_synthetic(root)
+    differ = [f"{k}={index.meta.get(k)!r} (asked {v!r})" for k, v in given.items()
+              if index.meta.get(k) != v]
+    if differ:
+        raise VgkitError(f"the synthetic dataset at {root} was made with {', '.join(differ)}; "
+                         f"make the one asked for with `{make}` or point data.root elsewhere")
+    return index
 
 
 def build_referit(opts: ReferItOptions, *, root: Path) -> DatasetIndex:

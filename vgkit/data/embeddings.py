@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -305,6 +306,9 @@ def _stream_vectors(
         except ValueError:
             msg = f"{display}:{lineno}: non-numeric value in the vector of {word!r}"
             raise VgkitError(msg) from None
+        if not all(map(math.isfinite, vec)):  # a NaN row would surface as a NaN loss much later
+            raise VgkitError(f"{display}:{lineno}: the vector of {word!r} has a non-finite value "
+                             f"(nan or inf); fix or drop that line")
         if i is not None:
             exact[i] = vec
         for j in fb:
@@ -400,7 +404,7 @@ def _progress_bar(src: _Source, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield lambda n: None
         return
-    columns = (rp.TextColumn("[bold]reading[/] {task.description}"), rp.BarColumn())
+    columns = (rp.TextColumn("reading {task.description}", markup=False), rp.BarColumn())
     columns += (rp.DownloadColumn(), rp.TransferSpeedColumn(), rp.TimeRemainingColumn())
     name = src.member or src.path.name
     with rp.Progress(*columns, console=Console(stderr=True)) as bar:
@@ -419,5 +423,6 @@ def _report(result: EmbeddingResult, enabled: bool, *, cached: bool) -> None:
         extra.append(f"{src['skipped_undecodable']:,} undecodable lines skipped")
     if cached:
         extra.append("from cache")
-    tail = f" [dim]({'; '.join(extra)})[/]" if extra else ""
-    Console(stderr=True).print(f"embeddings: {result.summary()}{tail}", highlight=False)
+    tail = f" ({'; '.join(extra)})" if extra else ""
+    Console(stderr=True, markup=False).print(f"embeddings: {result.summary()}{tail}",
+                                              highlight=False, soft_wrap=True)

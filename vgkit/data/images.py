@@ -9,20 +9,26 @@ original pixels for evaluation.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
+
+from vgkit.errors import VgkitError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pillow's own default: images above it are refused as possible decompression bombs.
+DEFAULT_MAX_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "VGKIT_MAX_IMAGE_PIXELS"
 
 
-class BadImageError(Exception):
-    """An image file that is missing or cannot be decoded."""
+class BadImageError(VgkitError):
+    """An image file that is missing, cannot be decoded, or is over the pixel limit."""
 
 
 @dataclass(frozen=True)
@@ -92,14 +98,49 @@ class ImageTransform:
                 torch.div(H - nh, 2, rounding_mode="floor").float())
 
 
-def read_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open and fully decode an image, raising BadImageError (not a PIL traceback) on failure."""
+def max_image_pixels() -> int | None:
+    """The pixel limit of :func:`read_image`: ``$VGKIT_MAX_IMAGE_PIXELS`` (0: none), else Pillow's."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(raw.replace("_", ""))
+    except ValueError:
+        raise VgkitError(f"{MAX_PIXELS_ENV}={raw!r}: expected a whole number of pixels "
+                         "(0 for no limit)") from None
+    return limit if limit > 0 else None
+
+
+def read_image(path: str | os.PathLike[str], *, upright: bool = False) -> Image.Image:
+    """Open and fully decode an image as RGB, raising BadImageError (never a PIL traceback).
+
+    Datasets keep the stored pixel frame (``upright=False``): their boxes were drawn in
+    it, whatever an EXIF orientation tag says. ``upright=True`` applies the tag, giving
+    the picture as a viewer shows it, for a user's own photo in ``predict``.
+    """
     p = Path(path)
     if not p.is_file():
         raise BadImageError(f"missing image {p}")
+    limit = max_image_pixels()
     try:
-        with Image.open(p) as img:
+        with warnings.catch_warnings():
+            # the size is checked below against vgkit's limit, before any pixel is decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(p)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
+        with img:
+            w, h = img.size
+            if limit is not None and w * h > limit:
+                raise BadImageError(f"{p}: {w}x{h} = {w * h:,} pixels is over the limit of "
+                                    f"{limit:,} (a decompression bomb?); if you trust the file, "
+                                    f"raise the limit with {MAX_PIXELS_ENV}=N (0: none)")
             img.load()
+            if upright:
+                img = ImageOps.exif_transpose(img)
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            MemoryError) as exc:
         raise BadImageError(f"cannot decode image {p}: {exc}") from None
