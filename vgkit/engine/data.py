@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from vgkit.data.images import ImageTransform, read_image
+from vgkit.data.images import BadImageError, ImageTransform, read_image
 from vgkit.data.index import DatasetIndex, Record
 from vgkit.distributed import DistInfo
 from vgkit.errors import VgkitError
@@ -30,19 +31,43 @@ from vgkit.recipe import Recipe
 from vgkit.registry import Registry
 from vgkit.text import Vocabulary
 
+UNREADABLE = "unreadable image"
+
 
 @dataclass
 class ExprSet:
-    """The expressions of one split, as tensors: targets in network-input pixels."""
+    """The expressions of one split, as tensors: targets in network-input pixels.
+
+    ``records`` are the expressions that can be used; ``excluded`` holds every other
+    expression of the split with the reason (an unreadable image, an invalid record),
+    so that nothing is dropped unaccounted: evaluation counts them as failures.
+    """
 
     records: list[Record]
     image_ids: list[str]  # distinct images of the split
     image_of: Tensor  # [n] long: index into image_ids
     target: Tensor  # [n, 4] xyxy, network-input pixels
     sizes: Tensor  # [n, 2] original (width, height)
+    excluded: list[tuple[Record, str]] = field(default_factory=list)  # (record, reason)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def excluded_counts(self) -> dict[str, int]:
+        """How many expressions were excluded, by reason."""
+        return dict(sorted(Counter(why for _, why in self.excluded).items()))
+
+    def without(self, drop: set[int], reason: str) -> ExprSet:
+        """This set less the expressions at positions `drop`, which join ``excluded``."""
+        keep = [i for i in range(len(self)) if i not in drop]
+        ids = sorted({self.image_ids[int(self.image_of[i])] for i in keep})
+        where = {i: k for k, i in enumerate(ids)}
+        t = torch.tensor(keep, dtype=torch.long)
+        return ExprSet([self.records[i] for i in keep], ids,
+                       torch.tensor([where[self.records[i].image_id] for i in keep],
+                                    dtype=torch.long),
+                       self.target[t], self.sizes[t],
+                       self.excluded + [(self.records[i], reason) for i in sorted(drop)])
 
 
 @dataclass
@@ -55,6 +80,10 @@ class Batch:
     image_index: Tensor  # [B] into features/images
     features: Tensor | None = None  # [I, C, h, w]
     images: Tensor | None = None  # [I, 3, H, W]
+    # images read every step that could not be decoded (zeros in `images`): the message of
+    # each, and which expressions of the batch use one of them
+    bad_images: list[str] = field(default_factory=list)
+    on_bad_image: Tensor | None = None  # [B] bool
 
     def to(self, device: torch.device) -> Batch:
         """Move every tensor to `device`."""
@@ -64,7 +93,7 @@ class Batch:
             return None if t is None else t.to(device, non_blocking=nb)
 
         return Batch(self.idx, self.text.to(device), move(self.target), move(self.image_index),
-                     move(self.features), move(self.images))
+                     move(self.features), move(self.images), self.bad_images, self.on_bad_image)
 
 
 class DataBundle:
@@ -82,6 +111,8 @@ class DataBundle:
         self.blind = False  # True: batches carry no images and no maps (see text_only)
         self._features: Tensor | None = None  # the whole cache, when it lives in (GPU) memory
         self._splits: dict[str, ExprSet] = {}
+        # records the index validator rejects, by identity: excluded from every split
+        self._invalid: dict[int, str] = {}
 
     # ------------------------------------------------------------ text side
     def _vocabulary(self) -> Vocabulary:
@@ -102,15 +133,20 @@ class DataBundle:
         return load_embeddings(path, self.vocab, dim=dim, progress=self.progress).weights
 
     def resolve(self, name: str, key: str, env: str | None = None) -> Path:
-        """A file named in the recipe: absolute, under the data root, or under $`env`."""
-        p = Path(name).expanduser()
+        """A file named in the recipe: absolute, under the data root, or under $`env`.
+
+        ``ARCHIVE.zip::member.txt`` names a member of a zip archive: the archive is looked
+        for, and the ``::member`` part is kept on the returned path.
+        """
+        file, sep, member = name.partition("::")
+        p = Path(file).expanduser()
         candidates = [p] if p.is_absolute() else [self.root / p, Path.cwd() / p]
         if env and os.environ.get(env) and not p.is_absolute():
             candidates.append(Path(os.environ[env]) / p)
         for c in candidates:
             if c.is_file():
-                return c
-        raise VgkitError(f"{key}: file {name!r} not found (looked in "
+                return Path(f"{c}{sep}{member}") if sep else c
+        raise VgkitError(f"{key}: file {file!r} not found (looked in "
                          f"{', '.join(str(c.parent) for c in candidates)}); give a path with "
                          f"--set {key}=PATH")
 
@@ -134,12 +170,21 @@ class DataBundle:
         self.blind = True
 
     def split(self, name: str) -> ExprSet:
-        """The expressions of split `name`, without those whose image is unreadable."""
+        """The usable expressions of split `name`; the rest are in ``excluded`` with the reason."""
         if name not in self._splits:
-            recs = [r for r in self.index.split(name)
-                    if self.cache is None or r.image_id not in self.cache.bad]
+            recs, excluded = [], []
+            bad = self.cache.bad if self.cache is not None else set()
+            for r in self.index.split(name):
+                why = self._invalid.get(id(r)) or (UNREADABLE if r.image_id in bad else None)
+                if why:
+                    excluded.append((r, why))
+                else:
+                    recs.append(r)
             if not recs:
-                raise VgkitError(f"split {name!r} has no usable expressions")
+                counts = Counter(why for _, why in excluded)
+                raise VgkitError(f"split {name!r} has no usable expressions; all "
+                                 f"{len(excluded):,} are excluded: "
+                                 + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
             unknown = sum(1 for r in recs if not any(t in self.vocab for t in r.tokens))
             if unknown and self.progress:  # kept (a test set must stay whole), but said
                 warnings.warn(f"split {name!r}: {unknown:,} of {len(recs):,} phrases have only "
@@ -150,7 +195,7 @@ class DataBundle:
             boxes = torch.tensor([r.box for r in recs], dtype=torch.float32)
             target = self.transform.box_to_input(boxes, sizes[:, 0], sizes[:, 1])
             self._splits[name] = ExprSet(recs, ids, torch.tensor([where[r.image_id] for r in recs]),
-                                         target, sizes)
+                                         target, sizes, excluded)
         return self._splits[name]
 
     def feature_stats(self, split: str, max_images: int = 512) -> tuple[Tensor, Tensor]:
@@ -179,9 +224,11 @@ class DataBundle:
         loader = DataLoader(_ImageBatches(self, exprs, order), batch_size=None,
                             num_workers=workers, pin_memory=torch.cuda.is_available(),
                             generator=torch.Generator())  # keep the global RNG for dropout
-        for idx, images, image_index in loader:
+        for idx, images, image_index, bad in loader:
+            on_bad = torch.tensor([bool(bad[int(k)]) for k in image_index]) if bad else None
             yield Batch(idx, tokenize([exprs.records[i].phrase for i in idx.tolist()]),
-                        exprs.target[idx], image_index, images=images)
+                        exprs.target[idx], image_index, images=images,
+                        bad_images=[m for m in bad if m], on_bad_image=on_bad)
 
     def _cached_batch(self, exprs: ExprSet, idx: list[int], tokenize: Any) -> Batch:
         assert self.cache is not None
@@ -206,12 +253,20 @@ class _ImageBatches(Dataset):
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    def __getitem__(self, k: int) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         idx = torch.tensor(self.order[k])
         uniq, image_index = torch.unique(self.exprs.image_of[idx], return_inverse=True)
-        images = torch.stack([self.transform(read_image(self.root / self.paths[self.exprs.image_ids[i]]))
-                              for i in uniq.tolist()])
-        return idx, images, image_index
+        images, bad = [], []
+        for i in uniq.tolist():
+            try:  # reported to the main process, which decides (eval: unscored; train: stop)
+                images.append(self.transform(read_image(
+                    self.root / self.paths[self.exprs.image_ids[i]])))
+                bad.append("")
+            except BadImageError as exc:
+                H, W = self.transform.size
+                images.append(torch.zeros(3, H, W))
+                bad.append(str(exc))
+        return idx, torch.stack(images), image_index, bad if any(bad) else []
 
 
 def eval_order(exprs: ExprSet, batch_size: int) -> list[list[int]]:

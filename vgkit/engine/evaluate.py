@@ -1,7 +1,9 @@
 """Evaluation: predictions in original pixels, Acc@0.5 and mean IoU.
 
 Acc@0.5 counts a prediction correct when IoU(prediction, ground truth) >= 0.5,
-both in ORIGINAL image pixels. ``continuous`` IoU treats boxes as real-valued
+both in ORIGINAL image pixels. Every expression of the split is in the
+denominator: one that cannot be scored (its image is unreadable, its record
+invalid) counts as a failure with IoU 0, and the numbers say how many there were. ``continuous`` IoU treats boxes as real-valued
 (x2 = x1 + w); ``inclusive`` is Hu et al.'s: coordinates rounded to whole
 pixels, both boxes counted inclusively (+1 on widths and heights).
 """
@@ -9,13 +11,13 @@ pixels, both boxes counted inclusively (+1 on widths and heights).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from vgkit.boxes import iou
-from vgkit.engine.data import DataBundle, ExprSet, eval_order
+from vgkit.engine.data import UNREADABLE, DataBundle, ExprSet, eval_order
 from vgkit.model import GroundingModel
 
 IoUConvention = Literal["continuous", "inclusive"]
@@ -30,6 +32,13 @@ class Predictions:
     alpha_I: Tensor | None  # [n, N] image attention, when the model has one
     alpha_T: list[Tensor] | None  # per expression [L_b] text attention over real words
 
+    def without(self, drop: set[int], reason: str) -> Predictions:
+        """These predictions less positions `drop`, whose expressions become unscored."""
+        keep = torch.tensor([i for i in range(len(self.boxes)) if i not in drop], dtype=torch.long)
+        return Predictions(self.exprs.without(drop, reason), self.boxes[keep],
+                           None if self.alpha_I is None else self.alpha_I[keep],
+                           None if self.alpha_T is None else [self.alpha_T[i] for i in keep.tolist()])
+
 
 def predict(model: GroundingModel, bundle: DataBundle, exprs: ExprSet, *, batch_size: int = 64,
             device: torch.device | None = None, keep_attention: bool = False,
@@ -41,9 +50,12 @@ def predict(model: GroundingModel, bundle: DataBundle, exprs: ExprSet, *, batch_
     alpha_I: Tensor | None = None
     alpha_T: list[Tensor] | None = [torch.zeros(0)] * len(exprs) if keep_attention else None
     amp = device.type == "cuda"
+    unreadable: set[int] = set()  # images read on the fly that failed to decode
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         for b in bundle.batches(exprs, eval_order(exprs, batch_size), model.tokenize,
                                 workers=workers):
+            if b.on_bad_image is not None:
+                unreadable.update(b.idx[b.on_bad_image].tolist())
             b = b.to(device)
             out = model(b.text, features=b.features, images=b.images, image_index=b.image_index)
             idx = b.idx
@@ -60,7 +72,8 @@ def predict(model: GroundingModel, bundle: DataBundle, exprs: ExprSet, *, batch_
                     alpha_T[i] = a[j][m[j]]
     if alpha_T is not None and all(t.numel() == 0 for t in alpha_T):
         alpha_T = None
-    return Predictions(exprs, boxes, alpha_I, alpha_T)
+    preds = Predictions(exprs, boxes, alpha_I, alpha_T)
+    return preds.without(unreadable, UNREADABLE) if unreadable else preds
 
 
 def gt_boxes(exprs: ExprSet) -> Tensor:
@@ -76,7 +89,14 @@ def ious(pred: Tensor, gt: Tensor, convention: IoUConvention = "continuous") -> 
     return iou(pred.round() - one, gt.round() - one, inclusive=True)
 
 
-def accuracy(preds: Predictions, convention: IoUConvention = "continuous") -> dict[str, float]:
-    """Acc@0.5 and mean IoU over the split."""
-    v = ious(preds.boxes, gt_boxes(preds.exprs), convention)
-    return {"acc@0.5": (v >= 0.5).float().mean().item(), "miou": v.mean().item(), "n": len(v)}
+def accuracy(preds: Predictions, convention: IoUConvention = "continuous") -> dict[str, Any]:
+    """Acc@0.5 and mean IoU over the whole split (unscored expressions count as IoU 0)."""
+    return summarize(ious(preds.boxes, gt_boxes(preds.exprs), convention), preds.exprs)
+
+
+def summarize(v: Tensor, exprs: ExprSet, threshold: float = 0.5) -> dict[str, Any]:
+    """Acc@threshold, mean IoU and counts of IoUs `v` over `exprs` and its excluded expressions."""
+    n = len(v) + len(exprs.excluded)
+    return {"acc@0.5": (v >= threshold).sum().item() / n if n else 0.0,
+            "miou": v.sum().item() / n if n else 0.0, "n": n, "scored": len(v),
+            "unscored": exprs.excluded_counts()}

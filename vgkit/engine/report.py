@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from vgkit.data.index import Record
-from vgkit.engine.evaluate import IoUConvention, Predictions, gt_boxes, ious
+from vgkit.engine.evaluate import IoUConvention, Predictions, gt_boxes, ious, summarize
 from vgkit.text import tokenize
 
 THRESHOLD = 0.5
@@ -87,11 +87,9 @@ def breakdowns(preds: Predictions, convention: IoUConvention = "continuous") -> 
     """Overall Acc@0.5 / mean IoU / n, and the by-length, by-size (and by-type) tables."""
     recs = preds.exprs.records
     v = prediction_ious(preds, convention)
-    out: dict[str, Any] = {
-        "iou_convention": convention, "n": len(v),
-        "acc@0.5": (v >= THRESHOLD).float().mean().item() if len(v) else 0.0,
-        "miou": v.mean().item() if len(v) else 0.0,
-    }
+    # the headline counts unscored expressions as failures; the breakdowns cover the scored
+    out: dict[str, Any] = {"iou_convention": convention,
+                           **summarize(v, preds.exprs, THRESHOLD)}
     by: dict[str, tuple[Callable[[Record], str], Sequence[str]]] = {
         "by_length": (lambda r: length_bucket(phrase_length(r)), [b[0] for b in LENGTH_BUCKETS]),
         "by_size": (lambda r: size_bucket(relative_area(r)), [b[0] for b in SIZE_BUCKETS]),
@@ -117,6 +115,10 @@ def prediction_rows(preds: Predictions, convention: IoUConvention = "continuous"
     if errors is not None:
         for row, bucket in zip(rows, errors, strict=True):
             row["error"] = bucket
+    rows += [{"image_id": r.image_id, "ref_id": r.ref_id, "sent_id": r.sent_id,
+              "phrase": r.phrase, "gt": [float(c) for c in r.box], "pred": None, "iou": 0.0,
+              "correct": False, "iou_convention": convention, "unscored": why}
+             for r, why in preds.exprs.excluded]
     return rows
 
 
