@@ -14,7 +14,7 @@ import torch
 import typer
 from rich.table import Table
 
-from vgkit.cli_common import console, user_errors
+from vgkit.cli_common import console, styled, user_errors
 from vgkit.errors import VgkitError
 
 # Endo et al., IJCAI 2017, Acc@0.5 (%) on ReferIt test: (table, setting, value).
@@ -66,13 +66,7 @@ def resolve_device(requested: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; a clear error for an unusable device."""
     from vgkit.distributed import DistInfo, device_for
 
-    try:
-        device = device_for(DistInfo(), requested)
-    except RuntimeError:
-        raise VgkitError(f"--device {requested!r}: not a device (auto, cpu, cuda, cuda:1 ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VgkitError(f"--device {requested}: CUDA is not available on this machine")
-    return device
+    return device_for(DistInfo(), requested)
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -169,8 +163,9 @@ def eval_cmd(
     predictions: Path = typer.Option(None, "--predictions",
                                      help="JSONL out (default: RUN_DIR/predictions-<split>.jsonl)."),
     gallery: Path = typer.Option(None, "--gallery", help="Write a Figure-4 gallery here."),
-    gallery_n: int = typer.Option(24, "--gallery-n", help="Figures in the gallery."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Expressions per batch (default: train.eval_batch_size)."),
+    gallery_n: int = typer.Option(24, "--gallery-n", min=1, help="Figures in the gallery."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1,
+                                   help="Expressions per batch (default: train.eval_batch_size)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Feature cache the run trained with."),
     errors: bool = typer.Option(False, "--errors", help="Sort failures into Table-5-like buckets."),
@@ -196,10 +191,17 @@ def eval_cmd(
                                   convention, buckets)  # type: ignore[arg-type]
 
     table = Table(title=f"{ev.recipe.name} ({which}) on {ds}/{split}", min_width=48)
-    for col in ("Acc@0.5", "mean IoU", "n"):
+    for col in ("Acc@0.5", "mean IoU", "n", "scored", "not scored"):
         table.add_column(col, justify="right")
-    table.add_row(_pct(numbers["acc@0.5"]), _num(numbers["miou"]), str(numbers["n"]))
+    table.add_row(_pct(numbers["acc@0.5"]), _num(numbers["miou"]), str(numbers["n"]),
+                  str(numbers["scored"]), str(numbers["n"] - numbers["scored"]))
     console.print(table)
+    if numbers["unscored"]:
+        console.print(styled("not scored", "yellow", ": " + ", ".join(
+            f"{why} {k:,}" for why, k in numbers["unscored"].items())
+            + f"; they count as failures (IoU 0) in Acc@0.5 and mean IoU over all "
+              f"{numbers['n']:,} expressions; the breakdowns below cover the "
+              f"{numbers['scored']:,} scored"))
     titles = {"by_length": "by phrase length (tokens)",
               "by_size": "by GT box area / image area", "by_type": "by expression type"}
     for key, title in titles.items():
@@ -300,7 +302,7 @@ def bench_cmd(
                              justify="left" if col in ("recipe / dataset", "device") else "right")
         for r in rows:
             paper = f"{_pct(r['paper_acc@0.5'])} ({r['paper_table']})" if r["paper_table"] else "-"
-            table.add_row(f"{r['recipe']}\n[dim]{r['dataset']}[/]", paper, _pct(r["acc@0.5"]),
+            table.add_row(styled(r["recipe"], "", "\n").append(r["dataset"], "dim"), paper, _pct(r["acc@0.5"]),
                           _num(r["miou"]), str(r["n"]), f"{r['refs_per_s']:.1f}",
                           f"{r['peak_memory_bytes'] / 2**20:,.0f}", r["device"])
         console.print(table)
@@ -319,9 +321,26 @@ def bench_cmd(
         console.print(f"json -> {json_out}")
 
 
+def check_phrase(model: Any, phrase: str) -> None:
+    """Refuse a phrase with no words; warn, naming them, when none of its words is known."""
+    import warnings
+
+    from vgkit.text import tokenize
+
+    tokens = tokenize(phrase)
+    if not tokens:
+        raise VgkitError(f"the phrase {phrase!r} has no words: give the expression to ground")
+    vocab = getattr(model.text_encoder, "vocab", None)  # encoders with their own tokenizer have none
+    if vocab is not None and not any(t in vocab for t in tokens):
+        warnings.warn(f"no word of {phrase!r} is in the model's vocabulary "
+                      f"({', '.join(dict.fromkeys(tokens))}): the box ignores the phrase",
+                      stacklevel=2)
+
+
 def ground_image(model: Any, transform: Any, image: Any, phrase: str,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One phrase on one PIL image, backbone included: (box xyxy original px, alpha_I, alpha_T)."""
+    check_phrase(model, phrase)
     x = transform(image)[None].to(device)
     text = model.tokenize([phrase]).to(device)
     amp = device.type == "cuda"  # the same precision as evaluation
@@ -345,17 +364,15 @@ def predict_cmd(
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
 ) -> None:
     """Ground one phrase in one image: print the box, write the Figure-4 PNG."""
-    from vgkit.data.images import BadImageError, ImageTransform, read_image
+    from vgkit.data.images import ImageTransform, read_image
     from vgkit.engine.train import load_trained
     from vgkit.engine.visualize import render_figure
     from vgkit.plugins import get_registry
 
     if which not in ("best", "last"):
         raise VgkitError(f"--which {which!r}: choose best or last")
-    try:
-        img = read_image(image)
-    except BadImageError as exc:
-        raise VgkitError(str(exc)) from None
+    # a user's photo is grounded as they see it: its EXIF orientation applied (docs/data.md)
+    img = read_image(image, upright=True)
     dev = resolve_device(device)
     model, recipe, _, _ = load_trained(checkpoint, get_registry(), which=which, device=dev)
     transform = ImageTransform(tuple(recipe.data.image_size), recipe.data.resize)  # type: ignore[arg-type]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from vgkit.errors import VgkitError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -47,9 +49,28 @@ def barrier() -> None:
 
 
 def device_for(info: DistInfo, requested: str = "auto") -> torch.device:
-    """CUDA (this rank's GPU) when present and not told otherwise, else CPU."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", info.local_rank)
-    return torch.device("cpu")
+    """CUDA (this rank's GPU) when present and not told otherwise, else CPU.
+
+    A device this machine does not have is a one-line error here, not a traceback
+    from the first tensor moved to it.
+    """
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank)
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise VgkitError(f"--device {requested!r}: not a device; use auto, cpu, cuda or "
+                         "cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise VgkitError(f"--device {requested!r}: vgkit runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        raise VgkitError(f"--device {requested}: CUDA is not available on this machine; "
+                         "use --device cpu (or auto)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise VgkitError(f"--device {requested}: this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s)")
+    return device

@@ -122,8 +122,8 @@ def build_model(recipe: Recipe, registry: Registry | None = None, *,
     bb_opts = {**m.backbone.options(), **(backbone_options or {})}
     backbone = _checked(registry, "backbone", m.backbone.name, bb_opts)
     H, W = recipe.data.image_size
-    if H % backbone.stride or W % backbone.stride:
-        raise VgkitError(f"data.image_size {H}x{W} is not a multiple of the backbone's "
+    if H % backbone.stride or W % backbone.stride or min(H, W) < backbone.stride:
+        raise VgkitError(f"data.image_size {H}x{W} is not a positive multiple of the backbone's "
                          f"stride {backbone.stride}")
     text_encoder = _checked(registry, "text_encoder", m.text_encoder.name,
                             m.text_encoder.options(), vocab=vocab, embeddings=embeddings)
@@ -141,7 +141,15 @@ def build_model(recipe: Recipe, registry: Registry | None = None, *,
 
 
 def _checked(registry: Registry, kind: str, name: str, options: dict[str, Any], **context: Any) -> Any:
-    obj = registry.build(kind, name, options, **context)
+    try:
+        obj = registry.build(kind, name, options, **context)
+    except (MemoryError, RuntimeError) as exc:
+        # torch reports an allocation that cannot be made as a RuntimeError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if not isinstance(exc, MemoryError) and "alloc" not in first.lower():
+            raise
+        raise VgkitError(f"{kind} {name!r} with options {options}: not enough memory to build "
+                         f"it ({first[:200]}); choose smaller sizes") from None
     missing = [a for a in _CONTRACT[kind] if not hasattr(obj, a)]
     if not isinstance(obj, nn.Module) or missing:
         plugin = registry.get(kind, name).plugin

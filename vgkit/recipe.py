@@ -17,7 +17,7 @@ import os
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -27,7 +27,8 @@ from vgkit.registry import Registry
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are never a meaningful learning rate, size or weight
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentConfig(BaseModel):
@@ -57,7 +58,8 @@ class DataConfig(_Strict):
     val_split: str = "val"  # validation each epoch, and the best checkpoint
     test_split: str = "test"
     embeddings: str = "random"  # "random" or a local GloVe/word2vec file (Table 4)
-    image_size: tuple[int, int] = (224, 224)  # (H, W) network input; the paper resizes to 224
+    # (H, W) network input; the paper resizes to 224
+    image_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (224, 224)
     resize: Literal["stretch", "letterbox"] = "stretch"  # the paper stretches
 
 
@@ -143,17 +145,22 @@ def read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise VgkitError(f"recipe file not found: {p}")
+    if p.suffix not in {".toml", ".yaml", ".yml"}:
+        raise VgkitError(f"{p}: a recipe file must end in .toml, .yaml or .yml")
+    raw = p.read_bytes()
     try:
-        if p.suffix == ".toml":
-            return tomllib.loads(p.read_text(encoding="utf-8"))
-        if p.suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise VgkitError(f"{p}: a recipe must be a mapping at the top level")
-            return data
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise VgkitError(f"{p}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                         "save the recipe as UTF-8") from None
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise VgkitError(f"{p}: not valid {p.suffix[1:].upper()}: {str(exc).splitlines()[0]}") from exc
-    raise VgkitError(f"{p}: a recipe file must end in .toml, .yaml or .yml")
+        raise VgkitError(f"{p}: not valid {p.suffix[1:].upper()}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise VgkitError(f"{p}: a recipe must be a mapping at the top level")
+    return data
 
 
 def recipe_from_file(path: Any) -> Callable[..., dict[str, Any]]:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -38,18 +39,54 @@ def atomic_save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Pa
     os.replace(tmp, path)
 
 
-def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint file: (tensors, metadata)."""
+# What every checkpoint's metadata holds; a file without one of them cannot be used.
+META_KEYS = ("recipe", "vocab", "vocab_digest", "epoch", "step_in_epoch", "global_step", "best",
+             "history", "optimizer")
+
+
+def load(path: Path, require: Collection[str] = ()) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint file: (tensors, metadata); a damaged file is a one-line error.
+
+    `require` names metadata keys the caller needs (a run's checkpoints: ``META_KEYS``).
+    """
     if not path.is_file():
         raise VgkitError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise VgkitError(f"{path}: not a vgkit checkpoint (format {meta.get('format')!r})")
-            return {k: f.get_tensor(k) for k in f.keys()}, json.loads(meta["vgkit"])  # noqa: SIM118
-    except (OSError, ValueError) as exc:  # safetensors reports corruption as these
-        raise VgkitError(f"{path}: unreadable checkpoint ({exc})") from None
+            raw = f.metadata() or {}
+            if raw.get("format") != FORMAT:
+                raise VgkitError(f"{path}: not a vgkit checkpoint (format {raw.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (OSError, ValueError, SafetensorError) as exc:  # how safetensors reports damage
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VgkitError(f"{path}: unreadable checkpoint, truncated or damaged ({first})") from None
+    try:
+        meta = json.loads(raw["vgkit"])
+    except (KeyError, json.JSONDecodeError):
+        raise VgkitError(f"{path}: damaged checkpoint metadata (no readable 'vgkit' JSON)") from None
+    if not isinstance(meta, dict):
+        raise VgkitError(f"{path}: damaged checkpoint metadata (not a JSON object)")
+    missing = [k for k in require if k not in meta]
+    if missing:
+        raise VgkitError(f"{path}: checkpoint metadata lacks {', '.join(missing)}")
+    return tensors, meta
+
+
+def fit_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
+              may_lack: Collection[str] = ()) -> None:
+    """Load `state` into `model`; a missing tensor or a shape that differs is a one-line error."""
+    own = model.state_dict()
+    wrong = [f"{k} is {list(v.shape)} in the file, {list(own[k].shape)} in the recipe's model"
+             for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        more = f" (and {len(wrong) - 2} more)" if len(wrong) > 2 else ""
+        raise VgkitError(f"{path}: tensors do not fit the recipe's model: "
+                         f"{'; '.join(wrong[:2])}{more}")
+    missing = sorted(set(own) - set(state) - set(may_lack))
+    if missing:
+        raise VgkitError(f"{path}: lacks {len(missing)} of the model's tensors, e.g. "
+                         f"{', '.join(missing[:3])}")
+    model.load_state_dict(state, strict=False)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

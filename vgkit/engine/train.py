@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
@@ -81,6 +83,12 @@ class Trainer:
             self.data.attach_cache(model.backbone, device=self.device, dist_info=self.info,
                                    workers=t.workers, cache_dir=cache_dir)
         self.train_set = self.data.split(recipe.data.train_split)
+        if self.train_set.excluded and self.info.is_main:
+            n = len(self.train_set) + len(self.train_set.excluded)
+            warnings.warn(f"training on {len(self.train_set):,} of {n:,} expressions of split "
+                          f"{recipe.data.train_split!r}; dropped "
+                          + ", ".join(f"{why} {k:,}" for why, k in
+                                      self.train_set.excluded_counts().items()), stacklevel=2)
         self._departures()
         model.to(self.device)
         if self.device.type == "cuda":
@@ -128,17 +136,14 @@ class Trainer:
     def resume(self) -> None:
         """Continue from ``checkpoints/last.safetensors`` of the run directory."""
         path = self.out / "checkpoints" / "last.safetensors"
-        tensors, meta = ckpt.load(path)
+        tensors, meta = ckpt.load(path, require=ckpt.META_KEYS)
         if meta["vocab_digest"] != self.data.vocab.digest():
             raise VgkitError(f"{path}: vocabulary differs from this run's data")
         if meta["recipe"] != self.recipe.model_dump(mode="json"):
             raise VgkitError(f"{path}: was trained with another recipe; resume with the same "
                              "--recipe and --set values")
         state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        missing = self.model.load_state_dict(state, strict=False).missing_keys
-        frozen = set(ckpt.frozen_state(self.model))
-        if set(missing) - frozen:
-            raise VgkitError(f"{path}: lacks {sorted(set(missing) - frozen)[:3]}")
+        ckpt.fit_state(self.model, state, path, may_lack=set(ckpt.frozen_state(self.model)))
         try:
             ckpt.restore_optimizer(self.opt, tensors, meta["optimizer"])
         except ValueError as e:  # torch: "... doesn't match the size of optimizer's group"
@@ -147,6 +152,35 @@ class Trainer:
         ckpt.restore_rng(tensors)
         self.state = TrainState(meta["epoch"], meta["step_in_epoch"], meta["global_step"],
                                 meta["best"], meta["history"])
+
+    def _non_finite(self, b: Any, res: Any) -> str:
+        """Why training stops on a non-finite loss: step, terms, records, the likely cause."""
+        bad_terms = [k for k, v in res.terms.items() if not torch.isfinite(v).all()]
+        recs = [self.train_set.records[i] for i in b.idx.tolist()]
+        ids = ", ".join(f"{r.ref_id or r.image_id}#{r.sent_id}" for r in recs[:4])
+        ids += f" and {len(recs) - 4} more" if len(recs) > 4 else ""
+        cause = self._non_finite_cause(b)
+        last = self.out / "checkpoints" / "last.safetensors"
+        saved = (f"the last good checkpoint is {last} (--resume continues from it)"
+                 if last.is_file() else "no checkpoint was written before it")
+        return (f"loss is {res.total.item()} at epoch {self.state.epoch + 1}, step "
+                f"{self.state.global_step + 1} (non-finite terms: {', '.join(bad_terms) or 'total'}) "
+                f"on records {ids}; {cause}; stopped, {saved}")
+
+    def _non_finite_cause(self, b: Any) -> str:
+        if b.features is not None and not torch.isfinite(b.features).all():
+            where = self.data.cache.directory if self.data.cache is not None else "memory"
+            return f"the batch's cached feature maps are not finite (feature cache {where})"
+        if b.images is not None and not torch.isfinite(b.images).all():
+            return "the batch's images are not finite after the transform"
+        if not torch.isfinite(b.target).all():
+            return f"a target box is not finite (dataset at {self.data.root})"
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            return (f"the model's weights are no longer finite ({', '.join(bad[:3])}): training "
+                    f"diverged; lower optim.lr (now {self.recipe.optim.lr:g})")
+        return (f"the inputs and weights are finite: a loss term overflowed on this batch; lower "
+                f"optim.lr (now {self.recipe.optim.lr:g}) or check the loss options")
 
     # ------------------------------------------------------------ the loop
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -177,6 +211,10 @@ class Trainer:
                     tick, seen = time.perf_counter(), 0
                     for b in self.data.batches(self.train_set, todo, self.model.tokenize,
                                                workers=t.workers):
+                        if b.bad_images:  # read every step, so there is no skip list yet
+                            raise VgkitError(f"{b.bad_images[0]} ({len(b.bad_images)} unreadable "
+                                             f"in this batch); fix or remove it: training reads "
+                                             f"each image every epoch")
                         b = b.to(self.device)
                         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                             out = model(b.text, features=b.features, images=b.images,
@@ -184,10 +222,7 @@ class Trainer:
                         res = compute_loss(self.loss, out, b.target, self.model.head.box_format,
                                            self.model.spec.input_size)
                         if not torch.isfinite(res.total):
-                            raise NonFiniteLoss(
-                                f"loss is {res.total.item()} at epoch {self.state.epoch + 1}, step "
-                                f"{self.state.global_step + 1}; stopped. The last good checkpoint "
-                                f"is {self.out / 'checkpoints' / 'last.safetensors'}")
+                            raise NonFiniteLoss(self._non_finite(b, res))
                         self.opt.zero_grad(set_to_none=True)
                         res.total.backward()
                         for group in self.opt.param_groups:
@@ -248,13 +283,19 @@ def load_trained(run: Path, registry: Registry, *, which: str = "best",
     from vgkit.recipe import validate_recipe
 
     path = run if run.is_file() else run / "checkpoints" / f"{which}.safetensors"
+    last = path.with_name("last.safetensors")
     if not path.is_file() and run.is_dir() and which == "best":
-        path = run / "checkpoints" / "last.safetensors"
-    tensors, meta = ckpt.load(path)
+        path = last
+    try:
+        tensors, meta = ckpt.load(path, require=ckpt.META_KEYS)
+    except VgkitError as exc:
+        if path == last or not last.is_file():
+            raise
+        raise VgkitError(f"{exc}; the run's last checkpoint is {last}: evaluate it with "
+                         "--which last") from None
     recipe = validate_recipe(meta["recipe"], registry, source=str(path))
     vocab = Vocabulary(meta["vocab"])
     bb_file = path.parent.parent / "backbone.safetensors"
-    import warnings
 
     with warnings.catch_warnings():  # the weights come from the checkpoint, not the recipe's file
         warnings.simplefilter("ignore")
@@ -262,11 +303,15 @@ def load_trained(run: Path, registry: Registry, *, which: str = "best",
             {"weights": None} if bb_file.is_file() else None))
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     if bb_file.is_file():
-        state.update(load_file(str(bb_file)))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        raise VgkitError(f"{path}: lacks {result.missing_keys[:3]} (and backbone.safetensors "
-                         f"{'exists' if bb_file.is_file() else 'is missing'})")
+        try:
+            backbone = load_file(str(bb_file))
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise VgkitError(f"{bb_file}: unreadable, truncated or damaged ({exc})") from None
+        ckpt.fit_state(model, backbone, bb_file, may_lack=set(model.state_dict()) - set(backbone))
+        state.update(backbone)
+    elif ckpt.frozen_state(model):
+        raise VgkitError(f"{bb_file}: missing; the run's frozen backbone weights are kept there")
+    ckpt.fit_state(model, state, path)
     return model.to(device).eval(), recipe, vocab, meta
 
 
