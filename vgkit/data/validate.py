@@ -27,8 +27,8 @@ from vgkit.errors import VgkitError
 if TYPE_CHECKING:
     from vgkit.data.index import DatasetIndex, Record
 
-__all__ = ["PROBLEM_KINDS", "IndexCheck", "UnsafePathError", "box_problem", "check_index",
-           "image_file", "safe_relpath"]
+__all__ = ["EPSILON", "PATH_RULE", "PROBLEM_KINDS", "IndexCheck", "UnsafePathError",
+           "box_problem", "check_index", "image_file", "safe_relpath"]
 
 PATH_RULE = "image paths in annotations must be relative to the dataset root, without '..'"
 # In the order they are checked: a record is counted under its first problem only.
