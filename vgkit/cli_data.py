@@ -19,6 +19,7 @@ from rich.table import Table
 from vgkit.cli_common import LiteralConsole, styled, user_errors
 from vgkit.data.index import DatasetIndex, Record
 from vgkit.data.referit import DEFAULT_SPLITS, FORMATS, load_referit
+from vgkit.data.validate import IndexCheck, check_index, image_file
 from vgkit.errors import UnknownNameError, VgkitError
 from vgkit.text import Vocabulary
 
@@ -43,7 +44,7 @@ def _console() -> Console:
 def missing_images(index: DatasetIndex, root: Path) -> tuple[int, int, list[str]]:
     """(missing, distinct images, first few missing paths) of `index` under `root`."""
     paths = sorted({r.image_path for r in index})
-    missing = [p for p in paths if not (root / p).is_file()]
+    missing = [p for p in paths if not image_file(root, p).is_file()]
     return len(missing), len(paths), missing[:_SHOW]
 
 
@@ -58,8 +59,8 @@ def prepare(
                                     help=f"Index directory [default: ROOT/{DEFAULT_OUT}]."),
     splits: str = typer.Option(",".join(DEFAULT_SPLITS), "--splits",
                                help="Comma-separated splits to index."),
-    strict: bool = typer.Option(False, "--strict",
-                                help="Fail on any bad box, empty or undecodable phrase."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on any bad box, empty or "
+                                "undecodable phrase, duplicate or other invalid record."),
 ) -> None:
     """Read a dataset's annotations and write a vgkit index (manifest.json + records.jsonl)."""
     if dataset not in LOADERS:
@@ -77,6 +78,8 @@ def prepare(
     index = LOADERS[dataset](root, format, wanted, strict)
     if not len(index):
         raise VgkitError(f"{root}: no {dataset} expressions found")
+    check = check_index(index, strict=strict)
+    index.meta["validation"] = check.as_meta()
     n_missing, n_images, examples = missing_images(index, root)
     index.meta["missing_images"] = {"count": n_missing, "images": n_images, "examples": examples}
     try:
@@ -102,18 +105,25 @@ def prepare(
                   f"first: {', '.join(examples)}"))
     else:
         con.print(f"images: all {n_images:,} found under {root}")
-    _print_problems(con, index.meta)
+    _print_problems(con, index.meta, check)
 
 
-def _print_problems(con: Console, meta: dict[str, Any]) -> None:
+def _print_problems(con: Console, meta: dict[str, Any], check: IndexCheck) -> None:
+    # Two sources: what the loader met reading the annotations (skipped or clipped there),
+    # and the invalid records check_index finds in the index (skipped by train and eval).
     counts = meta.get("problems", {}).get("counts", {})
     if counts:
-        con.print(styled("problems", "yellow", " (per expression): "
+        con.print(styled("problems", "yellow", " (per expression, when the annotations were read): "
                           + ", ".join(f"{k} {v:,}" for k, v in counts.items())))
         for kind, examples in meta["problems"].get("examples", {}).items():
             for ex in examples[:2]:
                 con.print(f"  {kind}: {ex}")
-    else:
+    if not check.ok:
+        con.print(styled("invalid records", "yellow", f" (train and eval skip them): {check.summary()}"))
+        for kind, examples in check.examples.items():
+            for ex in examples[:2]:
+                con.print(f"  {kind}: {ex}")
+    if not counts and check.ok:
         con.print("problems: none")
     for note in meta.get("notes", []):
         con.print(f"note: {note}")
@@ -160,11 +170,14 @@ def info(
     index_dir: Path = typer.Argument(..., help="An index directory written by `prepare`."),
     vocab: Path | None = typer.Option(None, "--vocab", help="Vocabulary file (one token a line)."),
     split: str | None = typer.Option(None, "--split", help="Summarise one split only."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first invalid record."),
 ) -> None:
     """Summarise an index: counts per split, phrase lengths, box sizes, vocabulary coverage."""
     index = DatasetIndex.load(index_dir)
+    check = check_index(index, strict=strict)
     voc = Vocabulary.from_file(vocab) if vocab is not None else None
-    records = expressions(index, split)
+    # Statistics over the records train and eval use: a NaN box would poison the quantiles.
+    records = expressions(check.valid(index), split)
     con = _console()
     # The manifest's digest: recomputing it over every record costs seconds.
     digest = json.loads((index_dir / "manifest.json").read_text()).get("digest", "?")
@@ -176,7 +189,9 @@ def info(
     for name, n in index.splits().items():
         t.add_row(name, f"{n:,}")
     con.print(t)
-    scope = f"split {split}" if split else "all expressions, each once"
+    _print_problems(con, index.meta, check)
+    scope = (f"split {split}" if split else "all expressions, each once") + (
+        "" if check.ok else ", valid records only")
     if not records:
         con.print(f"no expressions in {scope}")
         return
@@ -213,7 +228,6 @@ def info(
         if cov["top_unknown"]:
             con.print("commonest unknown: "
                       + ", ".join(f"{t!r} {n}" for t, n in cov["top_unknown"]))
-    _print_problems(con, index.meta)
 
 
 @app.command()

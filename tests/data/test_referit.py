@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from referit_forms import (
 
 from vgkit.data.index import DatasetIndex
 from vgkit.data.referit import PTH_SKIPPED_IMAGES, REFS_FILE, detect_format, load_referit
+from vgkit.data.validate import check_index
 from vgkit.errors import VgkitError
 
 SPLIT_COUNTS = {"train": 54_134, "val": 5_842, "trainval": 59_976, "test": 60_105}
@@ -229,6 +231,17 @@ def test_real_forms_agree(real_hu, real_forms):
     assert len(hu) - len(expected) == 16  # 7 + 7 (train, trainval) + 2 (test)
     for ix in (refer, pth):
         assert ix.meta["problems"]["counts"] == {} and ix.meta["notes"] == []
+
+
+def test_real_forms_validate_clean(real_hu, real_forms):
+    # 3,903 phrases repeat another player's phrase for the same region (another sent_id):
+    # real annotations, so check_index must keep them and the standard counts stand.
+    for ix in (real_hu, *real_forms.values()):
+        t = time.perf_counter()
+        check = check_index(ix)
+        assert check.ok, check.summary()
+        assert time.perf_counter() - t < 10  # ~1 s on one idle core; the CI machine is shared
+    assert check_index(real_hu).valid(real_hu).splits() == SPLIT_COUNTS
 
 
 def test_pth_with_tensor_boxes_uses_torch_loader(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from collections import Counter
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vgkit.data.validate import safe_relpath
 from vgkit.errors import VgkitError
+from vgkit.text import tokenize
 
 BOX_CONVENTION = "xyxy-continuous-pixels"
 INDEX_VERSION = 1
@@ -56,7 +59,7 @@ class Record:
     def from_json(cls, d: dict[str, Any]) -> Record:
         """Build a record from :meth:`to_json` output."""
         d = dict(d)
-        d["box"] = tuple(float(v) for v in d["box"])
+        d["box"] = tuple(map(float, d["box"]))
         d["tokens"] = tuple(d.get("tokens", ()))
         return cls(**d)
 
@@ -113,19 +116,100 @@ class DatasetIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> DatasetIndex:
-        """Read an index written by :meth:`save`."""
+        """Read an index written by :meth:`save` or by hand; malformed lines and unsafe paths fail."""
         d = Path(directory)
         mpath, rpath = d / "manifest.json", d / "records.jsonl"
         if not mpath.is_file() or not rpath.is_file():
             raise VgkitError(f"{d}: not a vgkit index (needs manifest.json and records.jsonl)")
-        manifest = json.loads(mpath.read_text())
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise VgkitError(f"{mpath}: not valid JSON ({e})") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("name"), str):
+            raise VgkitError(f"{mpath}: not a vgkit manifest (needs an object with a 'name')")
         if manifest.get("box_convention") != BOX_CONVENTION:
             raise VgkitError(f"{mpath}: box convention {manifest.get('box_convention')!r}, "
                              f"expected {BOX_CONVENTION!r}")
-        with rpath.open(encoding="utf-8") as f:
-            records = [Record.from_json(json.loads(line)) for line in f if line.strip()]
+        try:
+            with rpath.open(encoding="utf-8") as f:
+                records = [_parse_line(line, f"{rpath}: line {n}")
+                           for n, line in enumerate(f, 1) if line.strip()]
+        except UnicodeDecodeError as e:
+            raise VgkitError(f"{rpath}: not UTF-8 text ({e.reason})") from None
         return cls(records, name=manifest["name"], source=manifest.get("source", ""),
                    meta=manifest.get("meta", {}))
+
+
+def _parse_line(line: str, where: str) -> Record:
+    """One records.jsonl line as a Record: a one-line error for anything malformed."""
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise VgkitError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not _well_formed(d):
+        _explain(d, where)
+    if "tokens" not in d:  # hand-made indexes may leave tokenizing to vgkit
+        d["tokens"] = tokenize(d["phrase"])
+    d["image_path"] = safe_relpath(d["image_path"], where)
+    return Record.from_json(d)
+
+
+def _well_formed(d: Any) -> bool:
+    # The fast path (180k lines a load): exact types, one chain of tests; _explain says why not.
+    if type(d) is not dict or not _REQUIRED <= d.keys() <= _ALLOWED:
+        return False
+    box, tokens = d["box"], d.get("tokens", ())
+    return (type(d["image_id"]) is str and type(d["image_path"]) is str
+            and type(d["width"]) is int and type(d["height"]) is int
+            and type(d["phrase"]) is str and type(d["split"]) is str
+            and type(d.get("ref_id", "")) is str and type(d.get("sent_id", 0)) is int
+            and type(d.get("extra", _NO_EXTRA)) is dict
+            and type(box) is list and len(box) == 4 and type(box[0]) in _NUMBER
+            and type(box[1]) in _NUMBER and type(box[2]) in _NUMBER and type(box[3]) in _NUMBER
+            and type(tokens) in (list, tuple) and all(map(isinstance, tokens, _STRS)))
+
+
+def _explain(d: Any, where: str) -> None:
+    """Raise the one-line error for a record that is not :func:`_well_formed`."""
+    if not isinstance(d, dict):
+        raise VgkitError(f"{where}: expected a JSON object, got {type(d).__name__}")
+    missing = [k for k in _FIELDS if k in _REQUIRED and k not in d]
+    if missing:
+        raise VgkitError(f"{where}: missing field {', '.join(map(repr, missing))}")
+    unknown = sorted(d.keys() - _ALLOWED)
+    if unknown:
+        raise VgkitError(f"{where}: unknown field {', '.join(map(repr, unknown))}; "
+                         f"fields: {', '.join(_FIELDS)}")
+    for k, (t, name) in _FIELDS.items():
+        v = d.get(k)
+        if k not in d or (k == "box" and _is_box(v)) or (k == "tokens" and _is_tokens(v)):
+            continue
+        # bool is an int to isinstance: a width or sent_id of true is a mistake
+        if t is None or not isinstance(v, t) or isinstance(v, bool):
+            # NaN is a number here (json reads NaN/Infinity): check_index reports nan_box
+            raise VgkitError(f"{where}: field {k!r} must be {name}, got {v!r}")
+
+
+def _is_box(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) == 4
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))
+
+
+def _is_tokens(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(t, str) for t in v)
+
+
+# Each field's JSON type and how an error names it (None: checked by _is_box/_is_tokens).
+_FIELDS: dict[str, tuple[type | None, str]] = {
+    "image_id": (str, "a string"), "image_path": (str, "a string"), "width": (int, "an integer"),
+    "height": (int, "an integer"), "box": (None, "4 numbers [x1, y1, x2, y2]"),
+    "phrase": (str, "a string"), "tokens": (None, "a list of strings"), "split": (str, "a string"),
+    "ref_id": (str, "a string"), "sent_id": (int, "an integer"), "extra": (dict, "an object")}
+_REQUIRED = frozenset(("image_id", "image_path", "width", "height", "box", "phrase", "split"))
+_ALLOWED = frozenset(_FIELDS)
+_NO_EXTRA: dict[str, Any] = {}
+_NUMBER = frozenset((int, float))
+_STRS = itertools.repeat(str)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -30,13 +30,15 @@ Files are looked for in ``root``, ``root/annotations`` and ``root/data``. Data
 problems are counted per expression in ``index.meta["problems"]``: expressions
 with degenerate or missing boxes or empty phrases are skipped, boxes reaching
 outside the image are clipped, undecodable text is kept with U+FFFD;
-``strict=True`` turns the first problem into a :class:`VgkitError`.
+``strict=True`` turns the first problem into a :class:`VgkitError`. An image path
+an annotation supplies (a crop id, a ``file_name``, a pth ``image_file``) that is
+absolute or has a ``..`` component is refused at load time, naming file and record
+(:func:`vgkit.data.validate.safe_relpath`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import posixpath
@@ -49,6 +51,7 @@ from typing import Any
 
 from vgkit.data.index import DatasetIndex, Record
 from vgkit.data.safe_pickle import safe_load, safe_loads
+from vgkit.data.validate import box_problem, image_file, safe_relpath
 from vgkit.errors import UnknownNameError, VgkitError
 from vgkit.text import tokenize
 
@@ -150,7 +153,7 @@ class _Sizes:
         try:
             from PIL import Image
 
-            with Image.open(self.root / image_path) as im:  # reads the header only
+            with Image.open(image_file(self.root, image_path)) as im:  # reads the header only
                 return im.size
         except (OSError, ValueError):
             self.unknown.add(image_id)
@@ -198,15 +201,19 @@ def _make_record(p: _Problems, where: str, *, image_id: str, image_path: str, si
     try:
         x1, y1, x2, y2 = (float(v) for v in box)
     except (TypeError, ValueError):
-        p.add("degenerate_box", f"{tag} box {box!r} is not 4 numbers")
+        p.add("nan_box", f"{tag} box {box!r} is not 4 numbers")
         return None
-    if not all(map(math.isfinite, (x1, y1, x2, y2))) or x2 <= x1 or y2 <= y1:
-        p.add("degenerate_box", f"{tag} box {[x1, y1, x2, y2]} has no area")
-        return None
+    # The same box tests as check_index (vgkit.data.validate), plus clipping: a box that
+    # sticks out of the image is clipped here, so the index holds only valid boxes.
     w, h = size
-    if w > 0 and h > 0 and (x1 < 0 or y1 < 0 or x2 > w or y2 > h):
+    kind = box_problem((x1, y1, x2, y2), w if h > 0 else 0, h if w > 0 else 0)
+    if kind in ("nan_box", "degenerate_box"):
+        p.add(kind, f"{tag} box {[x1, y1, x2, y2]} " + (
+            "has no area" if kind == "degenerate_box" else "is not finite"))
+        return None
+    if kind == "box_outside_image":
         cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
-        if cx2 <= cx1 or cy2 <= cy1:
+        if box_problem((cx1, cy1, cx2, cy2)):
             p.add("box_outside_image", f"{tag} box {[x1, y1, x2, y2]} outside {w}x{h} image")
             return None
         p.add("box_clipped", f"{tag} box {[x1, y1, x2, y2]} clipped to {w}x{h} image")
@@ -251,7 +258,9 @@ def _load_hu(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[Reco
             fname = f"referit_query_{src}.json"
             for crop_id, phrases in _read_json(base / fname).items():
                 image_id = crop_id.rsplit("_", 1)[0]
-                image_path = f"images/{image_id}.jpg"
+                # The crop id names the image file: "../../etc/passwd_1" must not open it.
+                image_path = "images/" + safe_relpath(f"{image_id}.jpg",
+                                                      f"{base / fname}: crop {crop_id!r}")
                 box = boxes.get(crop_id)
                 for i, phrase in enumerate(phrases if isinstance(phrases, list) else [phrases]):
                     rec = _make_record(p, fname, image_id=image_id, image_path=image_path,
@@ -293,6 +302,9 @@ def _load_refer(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[R
     images = {str(im["id"]): im for im in inst.get("images", [])}
     anns = {str(a["id"]): a for a in inst.get("annotations", [])}
     image_dir = Path(os.path.relpath(rdir.parent / "images" / "saiapr_tc-12", root)).as_posix()
+    if image_dir.split("/")[0] == "..":  # refs directly in root: images beside root, outside it
+        raise VgkitError(f"{rdir}: the refer form keeps images in {rdir.parent}/images/"
+                         f"saiapr_tc-12, outside the root; pass --root {rdir.parent}")
     sizes = _Sizes(root, [rdir, *_bases(root)])
     by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ref in refs:
@@ -305,7 +317,9 @@ def _load_refer(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[R
                 image_id = str(_field(ref, "image_id"))
                 ann = anns.get(str(_field(ref, "ann_id")), {})
                 im = images.get(image_id, {})
-                image_path = f"{image_dir}/{im.get('file_name') or image_id + '.jpg'}"
+                image_path = f"{image_dir}/" + safe_relpath(
+                    im.get("file_name") or f"{image_id}.jpg",
+                    f"{rdir / 'instances.json'}: image {image_id}")
                 crop_id = _refer_crop_id(ref, ann)
                 if crop_id is None:
                     fallback += 1
@@ -353,12 +367,12 @@ def _load_pth(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[Rec
                 if not isinstance(item, (list, tuple)) or len(item) < 4:
                     raise VgkitError(f"{path}: item {k} is not (image_file, mask_file, box, "
                                      f"phrase, ...): {item!r}")
-                image_file, mask_file, box, phrase = (str(item[0]), str(item[1]), item[2], item[3])
-                image_id, mask_stem = _stem(image_file), _stem(mask_file)
+                image_name, mask_file, box, phrase = (str(item[0]), str(item[1]), item[2], item[3])
+                image_id, mask_stem = _stem(image_name), _stem(mask_file)
                 ref_id = mask_stem if _CROP_ID.match(mask_stem) else f"{image_id}_{mask_stem}"
                 sent_id = seen[ref_id]
                 seen[ref_id] += 1
-                image_path = f"images/{image_file}"
+                image_path = "images/" + safe_relpath(image_name, f"{path}: item {k}")
                 rec = _make_record(p, path.name, image_id=image_id, image_path=image_path,
                                    size=sizes.get(image_id, image_path), box=_inclusive(box),
                                    phrase=phrase, split=split, ref_id=ref_id, sent_id=sent_id)

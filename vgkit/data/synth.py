@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vgkit.data.index import DatasetIndex, Record
 from vgkit.data.synth_lang import COLOURS, SHAPES, SIZES, SceneObject, candidates, choose
+from vgkit.data.validate import image_file
 from vgkit.errors import VgkitError
 from vgkit.text import tokenize
 
@@ -266,7 +267,7 @@ def ensure_synthetic(root: str | os.PathLike[str], n_images: int = DEFAULT_N_IMA
     except VgkitError:
         index = None
     if (index is not None and index.meta == want and (d / SCENES_FILE).is_file()
-            and all((d / p).is_file() for p in {r.image_path for r in index})):
+            and all(image_file(d, p).is_file() for p in {r.image_path for r in index})):
         return index
     if index is not None:  # drop images a larger earlier run left behind
         for p in (d / "images").glob("syn*.jpg"):
@@ -292,7 +293,7 @@ def preview(index: DatasetIndex, root: str | os.PathLike[str], out_png: str | os
     rows = math.ceil(len(picks) / cols)
     sheet = Image.new("RGB", (cols * (cw + 8), rows * (ch + text_h + 8)), (255, 255, 255))
     for k, r in enumerate(picks):
-        with Image.open(Path(root) / r.image_path) as im:
+        with Image.open(image_file(Path(root), r.image_path)) as im:
             cell = im.convert("RGB")
         draw = ImageDraw.Draw(cell)
         x1, y1, x2, y2 = r.box
