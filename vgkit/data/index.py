@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vgkit.errors import VgkitError
+from vgkit.fsutil import replacing
 
 BOX_CONVENTION = "xyxy-continuous-pixels"
 INDEX_VERSION = 1
@@ -129,6 +130,6 @@ class DatasetIndex:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:  # a failed write leaves no temporary and the old file
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
