@@ -17,6 +17,7 @@ from rich.console import Console, ConsoleDimensions
 from rich.text import Text
 
 from vgkit.errors import VgkitError
+from vgkit.fsutil import disk_full_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 _UNCUT = 1_000_000  # columns when the output is not a terminal: nothing is folded or cut
@@ -58,12 +59,13 @@ def print_error(message: object) -> None:
 
 
 def user_errors(fn: F) -> F:
-    """Print a VgkitError as one line and exit with status 2 (no traceback)."""
+    """Print a VgkitError (or a full disk) as one line and exit with status 2 (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with disk_full_errors():  # ENOSPC from anywhere: one line naming the path
+                return fn(*args, **kwargs)
         except VgkitError as exc:
             print_error(exc)
             raise typer.Exit(2) from None

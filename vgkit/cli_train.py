@@ -66,6 +66,7 @@ def train(
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        trainer.close()  # the run directory is free for the next writer
     if trainer.info.is_main:
         console.print(styled("done", "green", f": best val Acc@0.5 {state.best:.2%} -> "
                       f"{run / 'checkpoints' / 'best.safetensors'}"))

@@ -11,6 +11,12 @@ Layout of a cache directory::
 An interrupted extraction resumes from ``done.npy``; a crash never leaves a
 ``manifest.json`` behind, so an incomplete cache never looks complete. Under
 torchrun each rank extracts every world-th image and rank 0 writes the manifest.
+
+One extraction at a time writes a directory: rank 0 holds its folder lock
+(:mod:`vgkit.fsutil`) throughout, so a second writer fails at once. The blocks
+of ``features.npy`` are allocated before any map is written (a memmap write on a
+full disk is a SIGBUS with no message); a full disk is one line, and what it
+leaves is a resumable extraction or nothing, never a manifest.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ from vgkit.data.images import BadImageError, ImageTransform, read_image
 from vgkit.data.index import DatasetIndex
 from vgkit.distributed import DistInfo, barrier
 from vgkit.errors import VgkitError
+from vgkit.fsutil import check_space, folder_lock, replacing, reserve, write_error
 
 CACHE_VERSION = 1
 TODO, DONE, BAD = 0, 1, 2
@@ -157,6 +165,18 @@ def extract_features(backbone: Any, transform: ImageTransform, index: DatasetInd
     spec = cache_spec(backbone, transform, index)
     out = Path(out_dir) if out_dir else cache_dir_for(root, spec)
     plan = {"spec": spec, "image_ids": [i for i, _ in images]}
+    # the other ranks belong to the same job: rank 0 locks the folder for all of them
+    with folder_lock(out, "vgkit features extract") if info.is_main else nullcontext():
+        _extract(backbone, transform, images, Path(root), out, plan, info,
+                 batch_size=batch_size, workers=workers, device=device, progress=progress)
+    return out
+
+
+def _extract(backbone: Any, transform: ImageTransform, images: Sequence[tuple[str, str]],
+             root: Path, out: Path, plan: dict[str, Any], info: DistInfo, *, batch_size: int,
+             workers: int, device: torch.device, progress: bool) -> None:
+    """Fill the arrays of `out` for `plan` (this rank's share) and finish the cache."""
+    spec = plan["spec"]
     if info.is_main:
         _prepare(out, plan, spec)
     barrier()
@@ -164,7 +184,7 @@ def extract_features(backbone: Any, transform: ImageTransform, index: DatasetInd
     done = np.load(out / "done.npy", mmap_mode="r+")
     todo = [k for k in range(len(images)) if done[k] == TODO and k % info.world == info.rank]
     backbone = backbone.to(device).eval()
-    loader = DataLoader(_Images(Path(root), images, todo, transform), batch_size=batch_size,
+    loader = DataLoader(_Images(root, images, todo, transform), batch_size=batch_size,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leave the global RNG (dropout) untouched
     started, n_done = time.perf_counter(), 0
@@ -175,10 +195,14 @@ def extract_features(backbone: Any, transform: ImageTransform, index: DatasetInd
                                                  enabled=device.type == "cuda"):
                 maps = backbone(batch.to(device, non_blocking=True))
             r, good = rows.numpy(), ok.numpy()
-            feats[r] = maps.float().cpu().numpy().astype(np.float16) * good[:, None, None, None]
-            feats.flush()  # maps reach the disk before they are marked done
-            done[r] = np.where(good, DONE, BAD)
-            done.flush()
+            try:
+                values = maps.float().cpu().numpy().astype(np.float16)
+                feats[r] = values * good[:, None, None, None]
+                feats.flush()  # maps reach the disk before they are marked done
+                done[r] = np.where(good, DONE, BAD)
+                done.flush()
+            except OSError as exc:  # msync's EIO: done.npy still marks only the maps stored
+                raise write_error(out / "features.npy", exc) from None
             n_done += len(r)
             bar.update(task, advance=len(r),
                        rate=n_done / max(time.perf_counter() - started, 1e-9))
@@ -187,7 +211,6 @@ def extract_features(backbone: Any, transform: ImageTransform, index: DatasetInd
     if info.is_main:
         _finish(out, plan)
     barrier()
-    return out
 
 
 def _prepare(out: Path, plan: dict[str, Any], spec: dict[str, Any]) -> None:
@@ -195,17 +218,40 @@ def _prepare(out: Path, plan: dict[str, Any], spec: dict[str, Any]) -> None:
     ppath = out / "plan.json"
     if ppath.is_file() and (out / "done.npy").is_file():
         if json.loads(ppath.read_text()) == plan:
-            return  # resume
+            # resume; a cache begun by an older vgkit may not have its blocks yet
+            reserve(out / "features.npy", "the feature cache")
+            return
         if (out / "manifest.json").is_file():
             raise VgkitError(f"{out}: holds a different complete cache; choose another directory")
-        shutil.rmtree(out)  # an unfinished cache of something else: start over
+        _clear(out)  # an unfinished cache of something else: start over
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
     n, shape = spec["n_images"], spec["shape"]
-    np.lib.format.open_memmap(out / "features.npy", mode="w+", dtype=np.float16,
-                              shape=(n, *shape)).flush()
-    np.lib.format.open_memmap(out / "done.npy", mode="w+", dtype=np.uint8, shape=(n,)).flush()
-    _atomic_json(ppath, plan)
+    header = 4096  # generous: an .npy header is 128 bytes, a filesystem block 4 KiB
+    check_space(out, n * int(np.prod(shape)) * 2 + n + 2 * header, "the feature cache")
+    try:
+        for name, dtype, dims in (("features.npy", np.float16, (n, *shape)),
+                                  ("done.npy", np.uint8, (n,))):
+            np.lib.format.open_memmap(out / name, mode="w+", dtype=dtype, shape=dims).flush()
+            reserve(out / name, "the feature cache")
+        _atomic_json(ppath, plan)
+    except BaseException as exc:  # no plan.json over arrays that are not all there
+        for name in ("plan.json", "features.npy", "done.npy"):
+            (out / name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(exc.filename or out, exc) from None
+        raise
+
+
+def _clear(out: Path) -> None:
+    """Delete a cache directory's contents, but not the lock that this process holds in it."""
+    for p in out.iterdir():
+        if p.name.startswith(".vgkit.lock"):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _finish(out: Path, plan: dict[str, Any]) -> None:
@@ -218,9 +264,9 @@ def _finish(out: Path, plan: dict[str, Any]) -> None:
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:  # a failed write leaves no temporary and the old file
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
 
 
 def _progress(enabled: bool) -> Progress:

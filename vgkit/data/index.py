@@ -24,6 +24,7 @@ from typing import Any
 
 from vgkit.data.validate import safe_relpath
 from vgkit.errors import VgkitError
+from vgkit.fsutil import replacing
 from vgkit.text import tokenize
 
 BOX_CONVENTION = "xyxy-continuous-pixels"
@@ -213,6 +214,6 @@ _STRS = itertools.repeat(str)
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:  # a failed write leaves no temporary and the old file
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)

@@ -25,6 +25,7 @@ from vgkit.data.index import DatasetIndex, Record
 from vgkit.data.synth_lang import COLOURS, SHAPES, SIZES, SceneObject, candidates, choose
 from vgkit.data.validate import image_file
 from vgkit.errors import VgkitError
+from vgkit.fsutil import folder_lock
 from vgkit.text import tokenize
 
 # Bump whenever a change alters the output, so ensure_synthetic regenerates.
@@ -183,26 +184,27 @@ def generate(out_dir: str | os.PathLike[str], n_images: int, seed: int = 0,
     if min(w, h) < 64:
         raise VgkitError(f"synthetic image_size {image_size!r} is too small (min side 64)")
     root = Path(out_dir)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    split_of = _split_of(n_images, tuple(splits), seed)
-    records, scenes = [], []
-    for i in _progress(range(n_images), progress, "drawing synthetic scenes"):
-        ss = np.random.SeedSequence([seed, i])  # per image: image i is the same for any n_images
-        rng, nrng = random.Random(int(ss.generate_state(1)[0])), np.random.default_rng(ss)
-        objs = _sample_objects(rng, w, h)
-        img, boxes = render(objs, rng, nrng, w, h)
-        image_id = f"syn{i:06d}"
-        img.save(root / "images" / f"{image_id}.jpg", quality=JPEG_QUALITY, subsampling=0)
-        for o, b in zip(objs, boxes, strict=True):
-            o["box"] = list(b)
-        scenes.append({"image_id": image_id, "width": w, "height": h, "objects": objs})
-        records += _expressions(image_id, objs, (w, h), split_of[i], rng)
-    index = DatasetIndex(records, name="synthetic", source="synth",
-                         meta=_params(n_images, seed, (w, h), tuple(splits)))
-    (root / f".{SCENES_FILE}.tmp").write_text("".join(json.dumps(s) + "\n" for s in scenes))
-    os.replace(root / f".{SCENES_FILE}.tmp", root / SCENES_FILE)
-    index.save(root)
-    return index
+    with folder_lock(root, "synthetic dataset generation"):  # one writer at a time
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        split_of = _split_of(n_images, tuple(splits), seed)
+        records, scenes = [], []
+        for i in _progress(range(n_images), progress, "drawing synthetic scenes"):
+            ss = np.random.SeedSequence([seed, i])  # per image: the same for any n_images
+            rng, nrng = random.Random(int(ss.generate_state(1)[0])), np.random.default_rng(ss)
+            objs = _sample_objects(rng, w, h)
+            img, boxes = render(objs, rng, nrng, w, h)
+            image_id = f"syn{i:06d}"
+            img.save(root / "images" / f"{image_id}.jpg", quality=JPEG_QUALITY, subsampling=0)
+            for o, b in zip(objs, boxes, strict=True):
+                o["box"] = list(b)
+            scenes.append({"image_id": image_id, "width": w, "height": h, "objects": objs})
+            records += _expressions(image_id, objs, (w, h), split_of[i], rng)
+        index = DatasetIndex(records, name="synthetic", source="synth",
+                             meta=_params(n_images, seed, (w, h), tuple(splits)))
+        (root / f".{SCENES_FILE}.tmp").write_text("".join(json.dumps(s) + "\n" for s in scenes))
+        os.replace(root / f".{SCENES_FILE}.tmp", root / SCENES_FILE)
+        index.save(root)
+        return index
 
 
 def _expressions(image_id: str, objs: list[dict[str, Any]], size: tuple[int, int], split: str,

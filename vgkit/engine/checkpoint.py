@@ -7,7 +7,8 @@ step, metrics and the optimizer's non-tensor state. A frozen backbone's weights
 live once per run in ``backbone.safetensors`` beside it. Nothing is unpickled.
 
 The file is written to a temporary name and renamed over the old one, so a kill
-at any moment leaves either the previous checkpoint or the new one, never half.
+at any moment leaves either the previous checkpoint or the new one, never half;
+a full disk (any failed write) is one line naming the file, the temporary removed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vgkit.errors import VgkitError
+from vgkit.fsutil import replacing
 
 FORMAT = "vgkit-checkpoint/1"
 
@@ -31,12 +33,12 @@ FORMAT = "vgkit-checkpoint/1"
 def atomic_save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> None:
     """Write `tensors` and JSON `meta` to `path` via a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(flat, str(tmp), metadata={"format": FORMAT, "vgkit": json.dumps(meta)})
-    with open(tmp, "rb") as f:  # the bytes reach the disk before the name changes
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with replacing(path) as tmp:  # safetensors' I/O errors become one line naming `path`
+        save_file(flat, str(tmp), metadata={"format": FORMAT, "vgkit": json.dumps(meta)})
+        with open(tmp, "rb") as f:  # the bytes reach the disk before the name changes
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 # What every checkpoint's metadata holds; a file without one of them cannot be used.

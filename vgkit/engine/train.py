@@ -29,6 +29,7 @@ from vgkit.engine import checkpoint as ckpt
 from vgkit.engine.data import DataBundle
 from vgkit.engine.evaluate import accuracy, predict
 from vgkit.errors import VgkitError
+from vgkit.fsutil import folder_lock
 from vgkit.model import GroundingModel, build_model, compute_loss
 from vgkit.recipe import OptimConfig, Recipe
 from vgkit.registry import Registry
@@ -58,11 +59,17 @@ def _meta(recipe: Recipe, vocab: Vocabulary, state: TrainState, opt_meta: dict[s
 
 
 class Trainer:
-    """Holds the model, data, optimizer and run directory of one training run."""
+    """Holds the model, data, optimizer and run directory of one training run.
+
+    Rank 0 locks the run directory from construction until :meth:`close` (or the
+    end of a ``with Trainer(...)`` block, or the process): a second writer of
+    the same directory fails at once instead of mixing two runs in it.
+    """
 
     def __init__(self, recipe: Recipe, registry: Registry, out: Path, *, device: str = "auto",
                  progress: bool = True, cache_dir: str | None = None) -> None:
         self.info: DistInfo = init_distributed()
+        self._lock = folder_lock(out, "vgkit train").acquire() if self.info.is_main else None
         self.recipe, self.out, self.progress = recipe, out, progress and self.info.is_main
         self.device = device_for(self.info, device)
         t = recipe.train
@@ -102,6 +109,17 @@ class Trainer:
                                             if self.device.type == "cuda" else None)
                     if self.info.world > 1 else None)
         self.state = TrainState()
+
+    def close(self) -> None:
+        """Release the run directory's lock (training is over; safe to call twice)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _departures(self) -> None:
         """The recipe's documented departures from the paper, applied before training."""
