@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vgkit.data.images import BadImageError, ImageTransform, read_image
 from vgkit.data.index import DatasetIndex
+from vgkit.data.validate import image_file
 from vgkit.distributed import DistInfo, barrier
 from vgkit.errors import VgkitError
 from vgkit.fsutil import check_space, folder_lock, replacing, reserve, write_error
@@ -148,7 +149,7 @@ class _Images(Dataset):
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor, bool]:
         row = self.todo[k]
         try:
-            return row, self.transform(read_image(self.root / self.images[row][1])), True
+            return row, self.transform(read_image(image_file(self.root, self.images[row][1]))), True
         except BadImageError:
             H, W = self.transform.size
             return row, torch.zeros(3, H, W), False

@@ -323,3 +323,31 @@ def test_predict_grounds_a_photo_as_the_viewer_sees_it(runner, tiny_run, tmp_pat
     assert "(64x96)" in res.output  # the upright frame, not the stored 96x64
     boxes = [float(v) for v in res.output.split("x1 y1 x2 y2:")[1].split()[:4]]
     assert boxes[2] <= 64 and boxes[3] <= 96
+
+
+# ---------------------------------------------------------------- 6: invalid records
+
+
+def test_invalid_records_are_skipped_by_train_and_counted_by_eval(tmp_path, registry, runner,
+                                                                  tiny_run):
+    """A hand-edited index with a NaN and a zero-width box: train drops, eval counts them."""
+    root = tmp_path / "syn"
+    shutil.copytree(tiny_run.root, root, ignore=shutil.ignore_patterns("features"))
+    lines = (root / "records.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    train_k = next(k for k, r in enumerate(recs) if r["split"] == "train")
+    test_k = next(k for k, r in enumerate(recs) if r["split"] == "test")
+    recs[train_k]["box"][2] = recs[train_k]["box"][0]  # zero width
+    lines[train_k] = json.dumps(recs[train_k])
+    lines[test_k] = json.dumps(recs[test_k]).replace(str(recs[test_k]["box"][1]), "NaN", 1)
+    (root / "records.jsonl").write_text("\n".join(lines) + "\n")
+    recipe = load_recipe("synthetic-attn-regression", [f"data.root={root}", *SMALL],
+                         registry=registry)
+    with pytest.warns(UserWarning, match=r"dropped invalid record \(degenerate_box\) 1"):
+        Trainer(recipe, registry, tmp_path / "run", device="cpu", progress=False).fit()
+    res = _invoke(runner, "eval", "--checkpoint", tmp_path / "run", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "run" / "eval-test.json").read_text())
+    n_test = sum(r["split"] == "test" for r in recs)
+    assert summary["n"] == n_test and summary["scored"] == n_test - 1
+    assert summary["unscored"] == {"invalid record (nan_box)": 1}

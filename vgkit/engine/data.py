@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vgkit.data.images import BadImageError, ImageTransform, read_image
 from vgkit.data.index import DatasetIndex, Record
+from vgkit.data.validate import check_index, image_file
 from vgkit.distributed import DistInfo
 from vgkit.errors import VgkitError
 from vgkit.features import FeatureCache, cache_dir_for, cache_spec, extract_features
@@ -104,6 +105,9 @@ class DataBundle:
         self.recipe, self.root = recipe, recipe.data_root()
         ds = recipe.data.dataset
         self.index: DatasetIndex = registry.build("dataset", ds.name, ds.options(), root=self.root)
+        # every index (built-in, a plugin's, hand-made) goes through the one validator: an
+        # unsafe image path stops here; invalid records are excluded from every split
+        self.check = check_index(self.index)
         self.transform = ImageTransform(tuple(recipe.data.image_size), recipe.data.resize)  # type: ignore[arg-type]
         self.vocab = vocab or self._vocabulary()
         self.progress = progress
@@ -112,7 +116,8 @@ class DataBundle:
         self._features: Tensor | None = None  # the whole cache, when it lives in (GPU) memory
         self._splits: dict[str, ExprSet] = {}
         # records the index validator rejects, by identity: excluded from every split
-        self._invalid: dict[int, str] = {}
+        self._invalid = {id(self.index.records[k]): f"invalid record ({kind})"
+                         for k, kind in self.check.invalid.items()}
 
     # ------------------------------------------------------------ text side
     def _vocabulary(self) -> Vocabulary:
@@ -260,7 +265,7 @@ class _ImageBatches(Dataset):
         for i in uniq.tolist():
             try:  # reported to the main process, which decides (eval: unscored; train: stop)
                 images.append(self.transform(read_image(
-                    self.root / self.paths[self.exprs.image_ids[i]])))
+                    image_file(self.root, self.paths[self.exprs.image_ids[i]]))))
                 bad.append("")
             except BadImageError as exc:
                 H, W = self.transform.size

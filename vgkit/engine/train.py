@@ -69,9 +69,9 @@ class Trainer:
     def __init__(self, recipe: Recipe, registry: Registry, out: Path, *, device: str = "auto",
                  progress: bool = True, cache_dir: str | None = None) -> None:
         self.info: DistInfo = init_distributed()
+        self.device = device_for(self.info, device)  # a bad --device leaves no folder behind
         self._lock = folder_lock(out, "vgkit train").acquire() if self.info.is_main else None
         self.recipe, self.out, self.progress = recipe, out, progress and self.info.is_main
-        self.device = device_for(self.info, device)
         t = recipe.train
         if t.batch_size % self.info.world:
             raise VgkitError(f"train.batch_size {t.batch_size} is not divisible by the "

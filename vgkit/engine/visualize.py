@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from vgkit.data.images import BadImageError, ImageTransform, read_image
+from vgkit.data.validate import image_file
 from vgkit.engine.data import DataBundle
 from vgkit.engine.evaluate import IoUConvention, Predictions
 from vgkit.engine.report import THRESHOLD, prediction_ious
@@ -211,7 +212,7 @@ def figure_for(preds: Predictions, i: int, bundle: DataBundle, *,
 
 def _read(bundle: DataBundle, image_path: str) -> Image.Image:
     try:
-        return read_image(bundle.root / image_path)
+        return read_image(image_file(bundle.root, image_path))
     except BadImageError as exc:  # a user's data problem: one line, not a traceback
         raise VgkitError(str(exc)) from None
 
