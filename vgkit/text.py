@@ -1,6 +1,6 @@
 """Tokenizer and vocabulary shared by datasets and vocabulary-based text encoders.
 
-The tokenizer is Hu et al.'s (text_objseg / SCRC), the one the paper's
+The tokenizer is Hu et al.'s (text_objseg / SCRC), the one ReferIt's
 8,803-token ReferIt vocabulary was built with: split on runs of non-word
 characters (``re.split(r"(\\W+)")``), drop whitespace-only pieces, lowercase,
 drop a final ``"."``. Punctuation other than whitespace stays a token.

@@ -58,7 +58,8 @@ def test_a_mistyped_root_makes_no_dataset(runner, tmp_path):
                   "--out", tmp_path / "run", "--device", "cpu")
     _one_line_error(res, f"no synthetic dataset at {typo}", "vgkit data synth --out")
     assert not typo.exists()  # nothing generated, nothing extracted
-    res = _invoke(runner, "features", "extract", "--dataset", "synthetic", "--root", typo)
+    res = _invoke(runner, "features", "extract", "--dataset", "synthetic", "--root", typo,
+                  "--backbone", "vgg16")
     _one_line_error(res, "no synthetic dataset at")
     assert not typo.exists()
 

@@ -80,9 +80,9 @@ class Trainer:
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data = DataBundle(recipe, registry, progress=self.progress)
-        emb_dim = recipe.model.text_encoder.options().get("embedding_dim", 300)
         model, self.loss = build_model(recipe, registry, vocab=self.data.vocab,
-                                       embeddings=self.data.embeddings(emb_dim))
+                                       embeddings=self.data.embeddings(
+                                           embedding_dim(recipe, registry)))
         self.model: GroundingModel = model
         if model.blind:
             self.data.text_only()
@@ -122,7 +122,7 @@ class Trainer:
         self.close()
 
     def _departures(self) -> None:
-        """The recipe's documented departures from the paper, applied before training."""
+        """The recipe's departures (model.feature_norm, model.init_bias), applied before training."""
         m = self.recipe.model
         if m.feature_norm == "channel":
             if self.data.cache is None:
@@ -286,6 +286,17 @@ class Trainer:
             if improved:
                 self.save("best")
         barrier()
+
+
+def embedding_dim(recipe: Recipe, registry: Registry) -> int | None:
+    """The word-vector size the recipe's text encoder declares (its ``embedding_dim`` option).
+
+    None: the encoder reads no word vectors (it has its own tokenizer and weights).
+    """
+    enc = recipe.model.text_encoder
+    dim = getattr(registry.get("text_encoder", enc.name).make_options(enc.options()),
+                  "embedding_dim", None)
+    return int(dim) if dim is not None else None
 
 
 def lr_at(optim: OptimConfig, step: int, total: int) -> float:
