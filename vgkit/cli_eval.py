@@ -3,109 +3,19 @@
 from __future__ import annotations
 
 import json
-import resource
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 from rich.table import Table
 
 from vgkit.cli_common import console, styled, user_errors
+from vgkit.engine.run import evaluate_checkpoint, peak_memory, run_dir_of
 from vgkit.errors import VgkitError
 
 CONVENTIONS = ("continuous", "inclusive")
 _CONVENTION_NOTE = {"continuous": "continuous pixels (w = x2 - x1)",
                     "inclusive": "inclusive whole pixels, Hu et al. (w = x2 - x1 + 1)"}
-
-
-@dataclass
-class Evaluated:
-    """One checkpoint evaluated on one split."""
-
-    model: Any
-    recipe: Any
-    bundle: Any
-    preds: Any
-    split: str
-    own_dataset: bool  # the dataset the run was trained on (no --dataset to another)
-    seconds: float  # the predict call alone
-    device: torch.device
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; a clear error for an unusable device."""
-    from vgkit.distributed import DistInfo, device_for
-
-    return device_for(DistInfo(), requested)
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory of a run directory or of a checkpoint file inside one."""
-    return checkpoint.parent.parent if checkpoint.is_file() else checkpoint
-
-
-def retarget(recipe: Any, registry: Any, dataset: str | None, root: Path | None) -> Any:
-    """The recipe evaluated on another dataset and/or root (vocabulary stays the checkpoint's)."""
-    if not dataset and not root:
-        return recipe
-    from vgkit.recipe import validate_recipe
-
-    data = recipe.model_dump(mode="json")
-    if dataset and dataset != recipe.data.dataset.name:
-        # another dataset's options and root do not carry over
-        data["data"]["dataset"], data["data"]["root"] = {"name": dataset}, None
-    if root:
-        data["data"]["root"] = str(root)
-    return validate_recipe(data, registry, source="--dataset/--root")
-
-
-def evaluate_checkpoint(checkpoint: Path, *, which: str = "best", dataset: str | None = None,
-                        root: Path | None = None, split: str = "test", batch_size: int | None = None,
-                        device: str = "auto", progress: bool = True,
-                        cache_dir: Path | None = None) -> Evaluated:
-    """Rebuild a run's model and data and predict every expression of `split`."""
-    from vgkit.distributed import DistInfo
-    from vgkit.engine.data import DataBundle
-    from vgkit.engine.evaluate import predict
-    from vgkit.engine.train import load_trained
-    from vgkit.plugins import get_registry
-
-    if which not in ("best", "last"):
-        raise VgkitError(f"--which {which!r}: choose best or last")
-    dev = resolve_device(device)
-    registry = get_registry()
-    model, recipe, vocab, _ = load_trained(checkpoint, registry, which=which, device=dev)
-    own = not dataset or dataset == recipe.data.dataset.name
-    recipe = retarget(recipe, registry, dataset, root)
-    bundle = DataBundle(recipe, registry, vocab=vocab, progress=progress)
-    if model.blind:
-        bundle.text_only()
-    elif model.backbone.frozen:
-        bundle.attach_cache(model.backbone, device=dev, dist_info=DistInfo(),
-                            workers=recipe.train.workers,
-                            cache_dir=str(cache_dir) if cache_dir else None)
-    exprs = bundle.split(split)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    tick = time.perf_counter()
-    preds = predict(model, bundle, exprs, batch_size=batch_size or recipe.train.eval_batch_size,
-                    device=dev, keep_attention=True)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return Evaluated(model, recipe, bundle, preds, split, own, time.perf_counter() - tick, dev)
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes, what was measured): CUDA peak allocation, else the process's peak RSS."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "process peak RSS"
 
 
 def _pct(x: float | None) -> str:
@@ -292,39 +202,6 @@ def bench_cmd(
         console.print(f"json -> {json_out}")
 
 
-def check_phrase(model: Any, phrase: str) -> None:
-    """Refuse a phrase with no words; warn, naming them, when none of its words is known."""
-    import warnings
-
-    from vgkit.text import tokenize
-
-    tokens = tokenize(phrase)
-    if not tokens:
-        raise VgkitError(f"the phrase {phrase!r} has no words: give the expression to ground")
-    vocab = getattr(model.text_encoder, "vocab", None)  # encoders with their own tokenizer have none
-    if vocab is not None and not any(t in vocab for t in tokens):
-        warnings.warn(f"no word of {phrase!r} is in the model's vocabulary "
-                      f"({', '.join(dict.fromkeys(tokens))}): the box ignores the phrase",
-                      stacklevel=2)
-
-
-def ground_image(model: Any, transform: Any, image: Any, phrase: str,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """One phrase on one PIL image, backbone included: (box xyxy original px, alpha_I, alpha_T)."""
-    check_phrase(model, phrase)
-    x = transform(image)[None].to(device)
-    text = model.tokenize([phrase]).to(device)
-    amp = device.type == "cuda"  # the same precision as evaluation
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(text, images=x)
-    w, h = torch.tensor([float(image.size[0])]), torch.tensor([float(image.size[1])])
-    box = transform.box_to_original(out.boxes.float().cpu(), w, h)[0]
-    s = out.state
-    alpha_I = None if s.alpha_I is None else s.alpha_I[0].float().cpu()
-    alpha_T = None if s.alpha_T is None else s.alpha_T[0].float().cpu()[text.mask[0].cpu()]
-    return box, alpha_I, alpha_T
-
-
 @user_errors
 def predict_cmd(
     image: Path = typer.Argument(..., help="An image file."),
@@ -335,25 +212,19 @@ def predict_cmd(
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
 ) -> None:
     """Ground one phrase in one image: print the box, write the figure PNG."""
-    from vgkit.data.images import ImageTransform, read_image
-    from vgkit.engine.train import load_trained
-    from vgkit.engine.visualize import render_figure
-    from vgkit.plugins import get_registry
+    from vgkit.api import load, open_image
 
     if which not in ("best", "last"):
         raise VgkitError(f"--which {which!r}: choose best or last")
     # a user's photo is grounded as they see it: its EXIF orientation applied (docs/data.md)
-    img = read_image(image, upright=True)
-    dev = resolve_device(device)
-    model, recipe, _, _ = load_trained(checkpoint, get_registry(), which=which, device=dev)
-    transform = ImageTransform(tuple(recipe.data.image_size), recipe.data.resize)  # type: ignore[arg-type]
-    box, alpha_I, alpha_T = ground_image(model, transform, img, phrase, dev)
-    x1, y1, x2, y2 = box.tolist()
+    img = open_image(image)
+    g = load(checkpoint, which=which, device=device)
+    pred = g.predict(img, phrase)
+    x1, y1, x2, y2 = pred.box
     console.print(f"{phrase!r} in {image} ({img.size[0]}x{img.size[1]}), original pixels:")
     console.print(f"  x1 y1 x2 y2: {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}")
     console.print(f"  x y w h:     {x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f}")
     path = out or Path.cwd() / f"{image.stem}-pred.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    render_figure(img, phrase, box.tolist(), alpha_I=alpha_I, alpha_T=alpha_T,
-                  grid=model.spec.grid, transform=transform).save(path)
+    g.figure(img, phrase, pred).save(path)
     console.print(f"figure -> {path}")

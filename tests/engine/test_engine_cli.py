@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
+from vgkit.api import Grounder
 from vgkit.cli import app
-from vgkit.cli_eval import ground_image
 from vgkit.data.images import read_image
 from vgkit.engine.data import DataBundle
 from vgkit.engine.evaluate import predict
@@ -90,10 +90,11 @@ def test_predict_box_matches_the_model_on_the_same_image(runner, tiny_run, evalu
 
     # a bundle without the feature cache: batches carry images and the backbone runs on them
     model, bundle = ev.model, DataBundle(ev.recipe, registry, vocab=ev.bundle.vocab, progress=False)
-    box, _, alpha_T = ground_image(model, bundle.transform, read_image(image), rec["phrase"],
-                                   torch.device("cpu"))
+    pred = Grounder(model, ev.recipe, tiny_run.run, "best", torch.device("cpu")).predict(
+        read_image(image), rec["phrase"])
+    box = torch.tensor(pred.box)
     assert printed == pytest.approx(box.tolist(), abs=0.051)
-    assert alpha_T is not None and len(alpha_T) == len(rec["tokens"])
+    assert pred.word_attention is not None and len(pred.word_attention) == len(rec["tokens"])
     # eval's path without the feature cache: the backbone on the image, batched with others
     exprs = bundle.split("test")
     i = next(k for k, r in enumerate(exprs.records)

@@ -124,7 +124,7 @@ def test_eval_counts_unreadable_images_as_failures_in_table_and_json(broken_imag
 
 def test_eval_reading_images_every_step_counts_unreadable_ones_too(tmp_path, registry):
     """A trainable backbone reads pixels at eval time: a broken test image is unscored."""
-    from vgkit.cli_eval import evaluate_checkpoint
+    from vgkit.engine.run import evaluate_checkpoint
 
     root, run = tmp_path / "syn", tmp_path / "run"
     generate(root, 16, seed=1, image_size=(96, 80), progress=False)
@@ -296,7 +296,7 @@ def test_predict_refuses_a_phrase_without_words(runner, tiny_run, tmp_path):
 
 
 def test_predict_warns_naming_the_words_when_none_is_known(tiny_run, tmp_path):
-    from vgkit.cli_eval import check_phrase
+    from vgkit.api import check_phrase
     from vgkit.engine.train import load_trained
     from vgkit.plugins import get_registry
 

@@ -288,6 +288,16 @@ class Trainer:
         barrier()
 
 
+def check_run_dir(run: Path, resume: bool) -> None:
+    """Refuse to train into a folder that holds a run (unless resuming), or to resume nothing."""
+    last = run / "checkpoints" / "last.safetensors"
+    if last.is_file() and not resume:
+        raise VgkitError(f"{run} already holds a run; add --resume to continue it or choose "
+                         "another --out")
+    if resume and not last.is_file():
+        raise VgkitError(f"--resume: no checkpoint in {run / 'checkpoints'}")
+
+
 def embedding_dim(recipe: Recipe, registry: Registry) -> int | None:
     """The word-vector size the recipe's text encoder declares (its ``embedding_dim`` option).
 
