@@ -26,6 +26,7 @@ from vgkit.data.synth_lang import COLOURS, SHAPES, SIZES, SceneObject, candidate
 from vgkit.data.validate import image_file
 from vgkit.errors import VgkitError
 from vgkit.fsutil import folder_lock
+from vgkit.progress import progress_bar
 from vgkit.text import tokenize
 
 # Bump whenever a change alters the output, so ensure_synthetic regenerates.
@@ -167,11 +168,10 @@ def _params(n_images: int, seed: int, image_size: tuple[int, int], splits: tuple
 
 
 def _progress(items: range, enabled: bool, what: str) -> Iterator[int]:
-    if not enabled:
-        yield from items
-        return
-    from rich.progress import track  # imported lazily: only the interactive path needs it
-    yield from track(items, description=what, transient=False)
+    with progress_bar(what, len(items), "images", enabled=enabled) as advance:
+        for i in items:
+            yield i
+            advance()
 
 
 def generate(out_dir: str | os.PathLike[str], n_images: int, seed: int = 0,

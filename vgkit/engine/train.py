@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
@@ -31,6 +30,7 @@ from vgkit.engine.evaluate import accuracy, predict
 from vgkit.errors import VgkitError
 from vgkit.fsutil import folder_lock
 from vgkit.model import GroundingModel, build_model, compute_loss
+from vgkit.progress import progress_bar
 from vgkit.recipe import OptimConfig, Recipe
 from vgkit.registry import Registry
 from vgkit.text import Vocabulary
@@ -218,9 +218,8 @@ class Trainer:
         amp = self.device.type == "cuda"
         steps_per_epoch = len(self._epoch_batches(0))
         total = steps_per_epoch * t.epochs
-        with _progress(self.progress) as bar:
-            task = bar.add_task("train", total=total, completed=self.state.global_step,
-                                loss=float("nan"), rate=0.0)
+        with progress_bar("train", total, "steps", done=self.state.global_step,
+                          enabled=self.progress) as advance:
             try:
                 while self.state.epoch < t.epochs:
                     batches = self._epoch_batches(self.state.epoch)
@@ -250,7 +249,7 @@ class Trainer:
                         self.state.global_step += 1
                         seen += len(b.idx) * info.world
                         rate = seen / max(time.perf_counter() - tick, 1e-9)
-                        bar.update(task, advance=1, loss=res.total.item(), rate=rate)
+                        advance(1, loss=res.total.item(), **{"samples/s": rate})
                         if self.state.global_step % t.log_every == 0:
                             log.write(event="train", epoch=self.state.epoch + 1,
                                       step=self.state.global_step, loss=res.total.item(),
@@ -389,11 +388,3 @@ class _Log:
             self.f.close()
             if self.tb is not None:
                 self.tb.close()
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total} steps"),
-                    TextColumn("loss {task.fields[loss]:.4f}"),
-                    TextColumn("{task.fields[rate]:.0f} samples/s"), TimeRemainingColumn(),
-                    disable=not enabled)
