@@ -261,3 +261,34 @@ def test_registered_datasets(tmp_path):
 
     with pytest.raises(ValidationError, match="splitby"):  # options are checked by name
         reg.build("dataset", "refcoco", {"splitby": "unc"}, root=root)
+
+
+def test_flickr_numpy_boxes(tmp_path):
+    import numpy as np
+    import torch
+
+    # process_flickr stored each box as a row of a numpy array; files of that era name
+    # numpy.core.multiarray (numpy 1.x), today's numpy._core.
+    d = tmp_path / "data" / "flickr"
+    d.mkdir(parents=True)
+    torch.save([("7.jpg", np.array([1.5, 2, 30, 40]), "a man")], d / "flickr_test.pth",
+               _use_new_zipfile_serialization=False)
+    raw = (d / "flickr_test.pth").read_bytes()
+    assert b"numpy._core.multiarray" in raw
+    (d / "flickr_val.pth").write_bytes(raw.replace(b"numpy._core.multiarray",
+                                                   b"numpy.core.multiarray"))
+    ix = load_flickr30k(tmp_path)
+    assert [(r.split, r.box) for r in ix] == [("val", (1.5, 2.0, 30.0, 40.0)),
+                                              ("test", (1.5, 2.0, 30.0, 40.0))]
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    box = np.empty(4, dtype=object)
+    box[:] = [0, 0, 1, Evil()]  # an object array: its items still go through the allowlist
+    torch.save([("7.jpg", box, "x")], d / "flickr_test.pth")
+    with pytest.raises(VgkitError, match=r"flickr_test\.pth: cannot load.*posix\.system"):
+        load_flickr30k(tmp_path)
+    assert not marker.exists()

@@ -162,12 +162,25 @@ def load_pth_file(path: Path) -> Any:
     import torch
 
     try:
-        return torch.load(path, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise VgkitError(f"{path}: cannot load as a weights-only torch file: {first}") from None
+        lines = str(e).splitlines() or [type(e).__name__]
+        why = next((ln.strip() for ln in lines if "GLOBAL" in ln), lines[0])  # the offender
+        raise VgkitError(f"{path}: cannot load as a weights-only torch file: {why}") from None
 
 
+def _numpy_array_globals() -> list[Any]:
+    """What a pickled numpy array names: Flickr30k's one-stage files hold their boxes so."""
+    # Safe to admit: _reconstruct only builds an empty array of an allowlisted type, and
+    # any object its state holds comes through the same weights-only unpickler.
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    # files written with numpy 1.x (all the published ones) name numpy.core, not numpy._core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype,
+            (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+            *(v for v in vars(getattr(np, "dtypes", object)).values() if isinstance(v, type))]
 
 
 def stem(name: str) -> str:
