@@ -12,6 +12,7 @@ from rich.table import Table
 from vgkit.cli_common import console, styled, user_errors
 from vgkit.engine.run import evaluate_checkpoint, peak_memory, run_dir_of
 from vgkit.errors import VgkitError
+from vgkit.fsutil import atomic_write_text
 
 CONVENTIONS = ("continuous", "inclusive")
 _CONVENTION_NOTE = {"continuous": "continuous pixels (w = x2 - x1)",
@@ -110,7 +111,7 @@ def eval_cmd(
                "boxes": "xyxy original pixels", **numbers, "predictions": str(pred_path),
                "seconds": ev.seconds, "device": str(ev.device)}
     out = run / f"eval-{stem}.json"
-    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     console.print(f"numbers -> {out}")
 
 
@@ -192,13 +193,11 @@ def bench_cmd(
     else:
         console.print("no --checkpoint given: the published numbers only")
     if markdown:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(_markdown(reference, rows, split), encoding="utf-8")
+        atomic_write_text(markdown, _markdown(reference, rows, split))
         console.print(f"markdown -> {markdown}")
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"split": split, "published": reference, "runs": rows},
-                                       indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(json_out, json.dumps({"split": split, "published": reference,
+                                                "runs": rows}, indent=2) + "\n")
         console.print(f"json -> {json_out}")
 
 

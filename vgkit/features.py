@@ -40,7 +40,7 @@ from vgkit.data.index import DatasetIndex
 from vgkit.data.validate import image_file
 from vgkit.distributed import DistInfo, barrier
 from vgkit.errors import VgkitError
-from vgkit.fsutil import check_space, folder_lock, replacing, reserve, write_error
+from vgkit.fsutil import atomic_write_text, check_space, folder_lock, reserve, write_error
 from vgkit.progress import progress_bar
 
 CACHE_VERSION = 1
@@ -262,6 +262,4 @@ def _finish(out: Path, plan: dict[str, Any]) -> None:
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    with replacing(path) as tmp:  # a failed write leaves no temporary and the old file
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))

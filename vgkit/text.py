@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from vgkit.errors import VgkitError
+from vgkit.fsutil import atomic_write_text
 
 PAD, GO, EOS, UNK = "<pad>", "<go>", "<eos>", "<unk>"
 SPECIALS = (PAD, GO, EOS, UNK)
@@ -79,4 +80,4 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write one token a line."""
-        Path(path).write_text("\n".join(self.itos) + "\n", encoding="utf-8")
+        atomic_write_text(path, "\n".join(self.itos) + "\n")

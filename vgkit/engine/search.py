@@ -18,7 +18,6 @@ checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vgkit.errors import VgkitError
+from vgkit.fsutil import atomic_write_text
 from vgkit.recipe import Recipe, SearchRange, has_path, load_recipe
 from vgkit.registry import Registry
 
@@ -106,11 +106,7 @@ class Search:
         """search.json: the settings, the searched ranges and the results, best first."""
         table = [r.model_dump() for r in space]
         data = {"settings": self.settings(), "space": table, "trials": ranked(results)}
-        path = self.out / "search.json"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(self.out / "search.json", json.dumps(data, indent=2) + "\n")
 
 
 def ranked(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

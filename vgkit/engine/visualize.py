@@ -32,6 +32,7 @@ from vgkit.engine.data import DataBundle
 from vgkit.engine.evaluate import IoUConvention, Predictions
 from vgkit.engine.report import THRESHOLD, prediction_ious
 from vgkit.errors import VgkitError
+from vgkit.fsutil import atomic_write_text
 from vgkit.text import tokenize
 
 GT_COLOUR = (230, 30, 30)
@@ -301,7 +302,7 @@ def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.Path
             f"<h1>{html.escape(title)}</h1><p>IoU convention: {convention}. Red box: ground "
             "truth; yellow: prediction; attention red high, blue low.</p>\n"
             + "\n".join(sections) + "\n")
-    (out / "index.html").write_text(page, encoding="utf-8")
-    (out / "index.json").write_text(json.dumps(listing, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out / "index.html", page)
+    atomic_write_text(out / "index.json", json.dumps(listing, indent=1) + "\n")
     return out / "index.html"
 
