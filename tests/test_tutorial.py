@@ -171,6 +171,7 @@ def test_the_page_has_what_the_follower_needs():
     steps = parse(TUTORIAL.read_text(encoding="utf-8"))
     files = {str(p) for kind, p, _ in steps if kind == "file"}
     assert files == {"vgkit-smoothl1/pyproject.toml", "vgkit-smoothl1/vgkit_smoothl1/__init__.py",
-                     "vgkit-smoothl1/vgkit_smoothl1/recipes/transvg-smoothl1.toml"}
+                     "vgkit-smoothl1/vgkit_smoothl1/recipes/transvg-smoothl1.toml",
+                     "vgkit-smoothl1/tests/test_conformance.py"}
     commands = [c for kind, cs, _ in steps if kind == "run" for c in cs]  # type: ignore[union-attr]
     assert all(c.expected for c in commands if c.line.startswith("vgkit "))
