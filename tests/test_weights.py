@@ -174,3 +174,12 @@ def test_real_efficientnet_lite0_classifies_photos_through_vgkits_path():
     res = runner.invoke(app, ["weights", "inspect", "pkg:efficientnet-lite0", "--backbone",
                               f"timm:{LITE0}"])
     assert res.exit_code == 0 and "layout lukemelas: 288 of 288" in " ".join(res.output.split())
+
+
+def test_synthetic_lite0_recipe_builds_on_the_packaged_file(registry):
+    from vgkit.model import build_model
+    from vgkit.recipe import load_recipe
+
+    model, _ = build_model(load_recipe("synthetic-lite0", registry=registry), registry)
+    assert (model.backbone.channels, model.backbone.stride) == (112, 16)
+    assert model.backbone.load_report.layout == "lukemelas" and model.backbone.load_report.ok

@@ -115,3 +115,19 @@ def test_packaged_glove_is_the_real_glove_6b_50d(tmp_path):
         assert res.found == 8_677
     else:
         assert res.found == 2 and res.missing == ["zzzqqq"]
+
+
+def test_recipe_names_the_packaged_glove(registry, real_dir, tmp_path, monkeypatch):
+    from vgkit.engine.data import DataBundle
+    from vgkit.recipe import load_recipe
+
+    root = real_dir
+    monkeypatch.setenv("VGKIT_CACHE", str(tmp_path / "cache"))
+    recipe = load_recipe("referit-blind-glove-6b-50d", [f"data.root={root}"], registry=registry)
+    assert recipe.model.text_encoder.options()["embedding_dim"] == 50
+    bundle = DataBundle(recipe, registry, progress=False)
+    weights = bundle.embeddings(50)
+    assert weights.shape == (8_803, 50)
+    assert weights[bundle.vocab.stoi["the"], :3].tolist() == pytest.approx([0.418, 0.24968, -0.41242])
+    with pytest.raises(VgkitError, match=r"unknown packaged file 'pkg:glove-840b'; valid: "):
+        bundle.resolve("pkg:glove-840b", "data.embeddings")
