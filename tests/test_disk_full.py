@@ -165,15 +165,28 @@ def test_enospc_on_resume_keeps_the_extraction_resumable(synth, tmp_path, monkey
 
 def test_enospc_writing_the_manifest_leaves_a_resumable_cache(synth, tmp_path, monkeypatch):
     out = tmp_path / "cache"
-    write_text = Path.write_text
 
-    def half_then_full(self, data, *args, **kwargs):
-        if self.name.startswith(".manifest.json.tmp"):
-            write_text(self, data[: len(data) // 2])
+    class HalfThenFull:
+        """A file whose write stores half of the text, then finds the disk full."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, FULL)
-        return write_text(self, data, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "write_text", half_then_full)
+    def half_then_full(file, mode="r", *args, **kwargs):  # the atomic writer's open()
+        f = open(file, mode, *args, **kwargs)  # noqa: SIM115 (closed by the writer)
+        return HalfThenFull(f) if Path(file).name.startswith(".manifest.json.tmp") else f
+
+    monkeypatch.setattr("vgkit.fsutil.open", half_then_full, raising=False)
     with pytest.raises(DiskFullError, match=f"^no space left on device writing {out}/manifest.json"):
         _extract(synth, out)
     monkeypatch.undo()

@@ -73,7 +73,8 @@ def test_cli_synth_then_extract_reads_back_the_backbones_output(tmp_path):
     torch.save({k.replace("features_", "features."): v.contiguous()
                 for k, v in body.state_dict().items()}, weights)
     out = tmp_path / "cache"
-    res = runner.invoke(app, ["features", "extract", "--root", str(root), "--image-size", "64",
+    res = runner.invoke(app, ["features", "extract", "--root", str(root), "--backbone", "vgg16",
+                              "--image-size", "64",
                               "--workers", "0", "--batch-size", "4", "--out", str(out),
                               "--weights", str(weights)])
     assert res.exit_code == 0, res.output

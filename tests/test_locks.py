@@ -106,7 +106,8 @@ def test_second_features_extract_fails_at_once_and_the_first_cache_is_complete(s
     try:
         _wait_for(gate / "started", first)  # the first is mid-extraction, holding the folder
         t0 = time.time()
-        second = _vgkit("features", "extract", "--root", str(synth), "--image-size", "64",
+        second = _vgkit("features", "extract", "--root", str(synth), "--backbone", "vgg16",
+                        "--image-size", "64",
                         "--workers", "0", "--out", str(out))  # another backbone, same folder
         assert second.returncode == 2, second.stdout + second.stderr
         err = _error_line(second.stderr)

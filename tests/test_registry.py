@@ -64,3 +64,16 @@ def test_remove_plugin_forgets_only_its_components():
         reg.add("loss", "b1", lambda o: o)
     reg.remove_plugin("a")
     assert reg.names("loss") == ["b1"]
+
+
+def test_plugins_verbose_lists_each_component_with_its_description():
+    from typer.testing import CliRunner
+
+    from vgkit.cli import app
+
+    res = CliRunner().invoke(app, ["plugins", "--verbose"])
+    assert res.exit_code == 0, res.output
+    rows = [" ".join(x.replace("│", " ").split()) for x in res.output.splitlines()]
+    assert any(r.startswith("head box-regression endo2017 The paper's region prediction MLP")
+               for r in rows), res.output
+    assert any(r.startswith("dataset synthetic datasets The PIL-drawn scenes") for r in rows)

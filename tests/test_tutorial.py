@@ -125,7 +125,11 @@ def test_the_tutorial_works_as_written(tmp_path: Path):
     ran = follow(TUTORIAL.read_text(encoding="utf-8"), tmp_path)
     # the page really went from nothing to a trained, evaluated run of the plugin's recipe
     assert ran[0].startswith("mkdir") and any(c.startswith("pip install") for c in ran)
-    assert any(c.startswith("vgkit train") for c in ran) and ran[-1].startswith("vgkit eval")
+    assert any(c.startswith("vgkit train") for c in ran) and any(
+        c.startswith("vgkit eval") for c in ran)
+    # and the plugin's own test ran vgkit.testing's conformance check on the loss (1 passed)
+    assert ran[-1].startswith("python -m pytest") and (
+        tmp_path / "vgkit-smoothl1" / "tests" / "test_conformance.py").is_file()
     assert (tmp_path / "_site" / "vgkit_smoothl1" / "__init__.py").is_file()
     assert (tmp_path / "runs" / "smoothl1" / "checkpoints" / "best.safetensors").is_file()
 

@@ -52,7 +52,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 @app.command()
 @user_errors
-def plugins() -> None:
+def plugins(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                         help="Also list every component with its description.")
+            ) -> None:
     """List installed plugins: distribution, version, what each registered, load errors."""
     from vgkit.plugins import get_host
 
@@ -71,6 +73,13 @@ def plugins() -> None:
     console.print(table)
     if not host.plugins:
         console.print("no plugins installed (entry-point group 'vgkit.plugins')")
+    if verbose:
+        comps = Table(title="components")
+        for col in ("kind", "name", "plugin", "description"):
+            comps.add_column(col)
+        for c in host.registry.components():
+            comps.add_row(c.kind, c.name, c.plugin, c.doc or "-")
+        console.print(comps)
 
 
 @recipes_app.callback()

@@ -18,7 +18,8 @@ from rich.table import Table
 
 from vgkit.cli_common import LiteralConsole, styled, user_errors
 from vgkit.data.index import DatasetIndex, Record
-from vgkit.data.referit import DEFAULT_SPLITS, FORMATS, load_referit
+from vgkit.data.refcoco import DATASETS, load_refcoco
+from vgkit.data.referit import DEFAULT_SPLITS, load_referit
 from vgkit.data.validate import IndexCheck, check_index, image_file
 from vgkit.errors import UnknownNameError, VgkitError
 from vgkit.text import Vocabulary
@@ -26,9 +27,25 @@ from vgkit.text import Vocabulary
 app = typer.Typer(help="Prepare dataset indexes from raw annotations and inspect them.",
                   no_args_is_help=True)
 
-# dataset name -> loader(root, format, splits, strict) -> DatasetIndex
-LOADERS: dict[str, Callable[[Path, str, list[str], bool], DatasetIndex]] = {
-    "referit": lambda root, fmt, splits, strict: load_referit(root, fmt, splits, strict=strict),
+
+
+def _referit(root: Path, fmt: str, splits: list[str] | None, strict: bool, split_by: str | None,
+             image_dir: str | None) -> DatasetIndex:
+    if split_by not in (None, "berkeley") or image_dir is not None:
+        raise VgkitError("referit is Hu et al.'s berkeley split with its own image folders: "
+                         "--split-by and --image-dir do not apply (refclef has the unc split)")
+    return load_referit(root, fmt, splits or DEFAULT_SPLITS, strict=strict)
+
+
+def _refcoco(name: str) -> Callable[..., DatasetIndex]:
+    return lambda root, fmt, splits, strict, split_by, image_dir: load_refcoco(
+        root, name, fmt, split_by, splits, strict=strict, image_dir=image_dir)
+
+
+# dataset name -> loader(root, format, splits or None, strict, split_by, image_dir)
+LOADERS: dict[str, Callable[..., DatasetIndex]] = {
+    "referit": _referit,
+    **{name: _refcoco(name) for name in DATASETS},
 }
 DEFAULT_OUT = "vgkit-index"
 _SHOW = 5  # how many example paths to print
@@ -51,14 +68,21 @@ def missing_images(index: DatasetIndex, root: Path) -> tuple[int, int, list[str]
 @app.command()
 @user_errors
 def prepare(
-    dataset: str = typer.Argument(..., help="Dataset name: referit."),
+    dataset: str = typer.Argument(..., help=f"Dataset name: {', '.join(LOADERS)}."),
     root: Path = typer.Option(..., "--root", help="Directory holding the raw annotations."),
     format: str = typer.Option("auto", "--format",
-                               help=f"Annotation form: auto, {', '.join(FORMATS)}."),
+                               help="Annotation form: auto; referit: hu, refer, pth; "
+                               "refcoco, refcoco+, refcocog, refclef: refer, pth; flickr30k: pth."),
     out: Path | None = typer.Option(None, "--out",
                                     help=f"Index directory [default: ROOT/{DEFAULT_OUT}]."),
-    splits: str = typer.Option(",".join(DEFAULT_SPLITS), "--splits",
-                               help="Comma-separated splits to index."),
+    splits: str | None = typer.Option(None, "--splits", help="Comma-separated splits to index "
+                                      f"[default: referit {','.join(DEFAULT_SPLITS)}; others: "
+                                      "every split of the form, plus trainval]."),
+    split_by: str | None = typer.Option(None, "--split-by", help="Which published split: "
+                                        "refcoco unc|google, refcoco+ unc, refcocog umd|google, "
+                                        "refclef unc|berkeley [default: the first]."),
+    image_dir: str | None = typer.Option(None, "--image-dir", help="Images folder under ROOT "
+                                         "[default: the layout's, see docs/data.md]."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any bad box, empty or "
                                 "undecodable phrase, duplicate or other invalid record."),
 ) -> None:
@@ -72,10 +96,10 @@ def prepare(
         # Checked by mode bits, not os.access: as root, os.access would say yes and the
         # index would land inside a dataset directory marked read-only.
         raise VgkitError(f"{root} is read-only; choose where to write the index with --out")
-    wanted = [x.strip() for x in splits.split(",") if x.strip()]
-    if not wanted:
+    wanted = None if splits is None else [x.strip() for x in splits.split(",") if x.strip()]
+    if wanted == []:
         raise VgkitError("--splits names no split")
-    index = LOADERS[dataset](root, format, wanted, strict)
+    index = LOADERS[dataset](root, format, wanted, strict, split_by, image_dir)
     if not len(index):
         raise VgkitError(f"{root}: no {dataset} expressions found")
     check = check_index(index, strict=strict)
@@ -89,15 +113,22 @@ def prepare(
                          f"choose another place with --out") from None
 
     con = _console()
-    table = Table(title=f"{dataset} ({index.source} form) -> {out_dir}")
+    split_by = index.meta.get("split_by")
+    table = Table(title=f"{dataset}{f' ({split_by})' if split_by else ''} "
+                        f"({index.source} form) -> {out_dir}")
     table.add_column("split")
     table.add_column("expressions", justify="right")
     table.add_column("images", justify="right")
+    published = index.meta.get("published") or {}
+    if published:
+        table.add_column("published", justify="right")
     images: dict[str, set[str]] = {}
     for r in index:
         images.setdefault(r.split, set()).add(r.image_id)
     for split, n in index.splits().items():
-        table.add_row(split, f"{n:,}", f"{len(images[split]):,}")
+        row = [split, f"{n:,}", f"{len(images[split]):,}"]
+        table.add_row(*row, *([f"{published[split]:,}" if split in published else ""]
+                              if published else []))
     con.print(table)
     if n_missing:
         what = "none of the" if n_missing == n_images else f"{n_missing:,} of"

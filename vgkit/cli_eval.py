@@ -1,137 +1,22 @@
-"""``vgkit eval``, ``vgkit bench`` and ``vgkit predict``: a trained run on a split, a paper table, one image."""
+"""``vgkit eval``, ``vgkit bench`` and ``vgkit predict``: a trained run on a split, published numbers, one image."""
 
 from __future__ import annotations
 
 import json
-import resource
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 from rich.table import Table
 
 from vgkit.cli_common import console, styled, user_errors
+from vgkit.engine.run import evaluate_checkpoint, peak_memory, run_dir_of
 from vgkit.errors import VgkitError
+from vgkit.fsutil import atomic_write_text
 
-# Endo et al., IJCAI 2017, Acc@0.5 (%) on ReferIt test: (table, setting, value).
-PAPER_ROWS: tuple[tuple[str, str, float], ...] = (
-    ("Table 2", "SCRC [Hu et al., 2016b]", 17.93),
-    ("Table 2", "GroundeR [Rohrbach et al., 2016]", 26.93),
-    ("Table 2", "MCB [Fukui et al., 2016]", 28.91),
-    ("Table 2", "Comprehension [Luo and Shakhnarovich, 2017]", 31.85),
-    ("Table 2", "Our proposed method", 37.26),
-    ("Table 3", "Full (IA, TA, penalty, GloVe 840B)", 37.26),
-    ("Table 3", "-Text attention", 35.55),
-    ("Table 3", "-Text attention and image attention", 29.43),
-    ("Table 3", "-Loss penalty L_S", 35.41),
-    ("Table 4", "GloVe 840B word embeddings", 37.26),
-    ("Table 4", "GloVe 42B word embeddings", 36.60),
-    ("Table 4", "GloVe 6B word embeddings", 36.85),
-    ("Table 4", "Random word embeddings", 35.70),
-)
-# recipe name -> the paper's row for that setting (table, setting, Acc@0.5 %)
-RECIPE_ROWS: dict[str, tuple[str, str, float]] = {
-    "refit-attn-regression": PAPER_ROWS[5],
-    "refit-no-text-attention": PAPER_ROWS[6],
-    "refit-no-attention": PAPER_ROWS[7],
-    "refit-no-penalty": PAPER_ROWS[8],
-    "refit-glove-42b": PAPER_ROWS[10],
-    "refit-glove-6b": PAPER_ROWS[11],
-    "refit-glove-random": PAPER_ROWS[12],
-}
 CONVENTIONS = ("continuous", "inclusive")
 _CONVENTION_NOTE = {"continuous": "continuous pixels (w = x2 - x1)",
                     "inclusive": "inclusive whole pixels, Hu et al. (w = x2 - x1 + 1)"}
-
-
-@dataclass
-class Evaluated:
-    """One checkpoint evaluated on one split."""
-
-    model: Any
-    recipe: Any
-    bundle: Any
-    preds: Any
-    split: str
-    own_dataset: bool  # the dataset the run was trained on (no --dataset to another)
-    seconds: float  # the predict call alone
-    device: torch.device
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; a clear error for an unusable device."""
-    from vgkit.distributed import DistInfo, device_for
-
-    return device_for(DistInfo(), requested)
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory of a run directory or of a checkpoint file inside one."""
-    return checkpoint.parent.parent if checkpoint.is_file() else checkpoint
-
-
-def retarget(recipe: Any, registry: Any, dataset: str | None, root: Path | None) -> Any:
-    """The recipe evaluated on another dataset and/or root (vocabulary stays the checkpoint's)."""
-    if not dataset and not root:
-        return recipe
-    from vgkit.recipe import validate_recipe
-
-    data = recipe.model_dump(mode="json")
-    if dataset and dataset != recipe.data.dataset.name:
-        # another dataset's options and root do not carry over
-        data["data"]["dataset"], data["data"]["root"] = {"name": dataset}, None
-    if root:
-        data["data"]["root"] = str(root)
-    return validate_recipe(data, registry, source="--dataset/--root")
-
-
-def evaluate_checkpoint(checkpoint: Path, *, which: str = "best", dataset: str | None = None,
-                        root: Path | None = None, split: str = "test", batch_size: int | None = None,
-                        device: str = "auto", progress: bool = True,
-                        cache_dir: Path | None = None) -> Evaluated:
-    """Rebuild a run's model and data and predict every expression of `split`."""
-    from vgkit.distributed import DistInfo
-    from vgkit.engine.data import DataBundle
-    from vgkit.engine.evaluate import predict
-    from vgkit.engine.train import load_trained
-    from vgkit.plugins import get_registry
-
-    if which not in ("best", "last"):
-        raise VgkitError(f"--which {which!r}: choose best or last")
-    dev = resolve_device(device)
-    registry = get_registry()
-    model, recipe, vocab, _ = load_trained(checkpoint, registry, which=which, device=dev)
-    own = not dataset or dataset == recipe.data.dataset.name
-    recipe = retarget(recipe, registry, dataset, root)
-    bundle = DataBundle(recipe, registry, vocab=vocab, progress=progress)
-    if model.blind:
-        bundle.text_only()
-    elif model.backbone.frozen:
-        bundle.attach_cache(model.backbone, device=dev, dist_info=DistInfo(),
-                            workers=recipe.train.workers,
-                            cache_dir=str(cache_dir) if cache_dir else None)
-    exprs = bundle.split(split)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    tick = time.perf_counter()
-    preds = predict(model, bundle, exprs, batch_size=batch_size or recipe.train.eval_batch_size,
-                    device=dev, keep_attention=True)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return Evaluated(model, recipe, bundle, preds, split, own, time.perf_counter() - tick, dev)
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes, what was measured): CUDA peak allocation, else the process's peak RSS."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "process peak RSS"
 
 
 def _pct(x: float | None) -> str:
@@ -162,13 +47,13 @@ def eval_cmd(
                                    help="continuous, or inclusive (Hu et al.'s +1)."),
     predictions: Path = typer.Option(None, "--predictions",
                                      help="JSONL out (default: RUN_DIR/predictions-<split>.jsonl)."),
-    gallery: Path = typer.Option(None, "--gallery", help="Write a Figure-4 gallery here."),
+    gallery: Path = typer.Option(None, "--gallery", help="Write a gallery of figures here."),
     gallery_n: int = typer.Option(24, "--gallery-n", min=1, help="Figures in the gallery."),
     batch_size: int = typer.Option(None, "--batch-size", min=1,
                                    help="Expressions per batch (default: train.eval_batch_size)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Feature cache the run trained with."),
-    errors: bool = typer.Option(False, "--errors", help="Sort failures into Table-5-like buckets."),
+    errors: bool = typer.Option(False, "--errors", help="Sort failures into buckets by cause."),
 ) -> None:
     """Evaluate a trained run: Acc@0.5, mean IoU and breakdowns; predictions JSONL, gallery."""
     from vgkit.cli_analysis import baselines, baselines_table, error_analysis, errors_table
@@ -226,53 +111,39 @@ def eval_cmd(
                "boxes": "xyxy original pixels", **numbers, "predictions": str(pred_path),
                "seconds": ev.seconds, "device": str(ev.device)}
     out = run / f"eval-{stem}.json"
-    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     console.print(f"numbers -> {out}")
 
 
-def _paper_table() -> Table:
-    table = Table(title="Endo et al., IJCAI 2017: Acc@0.5 on ReferIt test (paper)")
-    for col in ("table", "setting", "Acc@0.5"):
+def _published_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("source", "setting", "method / recipe", "dataset", "split", "Acc@0.5"):
         table.add_column(col, justify="right" if col == "Acc@0.5" else "left")
-    for t, setting, v in PAPER_ROWS:
-        table.add_row(t, setting, f"{v:.2f}%")
+    for r in rows:
+        table.add_row(r["source"], r["setting"], r["method"] or r["recipe"], r["dataset"],
+                      r["split"], _pct(r["acc@0.5"]))
     return table
-
-
-def bench_row(checkpoint: Path, ev: Evaluated) -> dict[str, Any]:
-    """One checkpoint's benchmark row: its numbers beside the paper's for its recipe."""
-    from vgkit.engine.evaluate import accuracy
-
-    m = accuracy(ev.preds)
-    paper = RECIPE_ROWS.get(ev.recipe.name)
-    mem, mem_kind = peak_memory(ev.device)
-    return {"checkpoint": str(checkpoint), "recipe": ev.recipe.name,
-            "dataset": ev.recipe.data.dataset.name, "split": ev.split,
-            "paper_table": paper[0] if paper else None, "paper_setting": paper[1] if paper else None,
-            "paper_acc@0.5": paper[2] / 100 if paper else None,
-            "acc@0.5": m["acc@0.5"], "miou": m["miou"], "n": m["n"],
-            "refs_per_s": m["n"] / max(ev.seconds, 1e-9), "seconds": ev.seconds,
-            "peak_memory_bytes": mem, "peak_memory_kind": mem_kind, "device": str(ev.device)}
 
 
 def _mib(b: int) -> str:
     return f"{b / 2**20:,.0f} MiB"
 
 
-def _markdown(rows: list[dict[str, Any]], split: str) -> str:
-    lines = ["# vgkit bench", "", "## Endo et al., IJCAI 2017 (ReferIt test, Acc@0.5)", "",
-             "| table | setting | Acc@0.5 |", "|---|---|---:|"]
-    lines += [f"| {t} | {s} | {v:.2f}% |" for t, s, v in PAPER_ROWS]
+def _markdown(published: list[dict[str, Any]], rows: list[dict[str, Any]], split: str) -> str:
+    lines = ["# vgkit bench", "", "## Published (declared by the recipes; Acc@0.5)", "",
+             "| source | setting | method / recipe | dataset | split | Acc@0.5 |",
+             "|---|---|---|---|---|---:|"]
+    lines += [f"| {p['source']} | {p['setting']} | {p['method'] or p['recipe']} | {p['dataset']} "
+              f"| {p['split']} | {_pct(p['acc@0.5'])} |" for p in published]
     lines += ["", f"## Checkpoints ({split} split; continuous IoU, original pixels)", ""]
     if not rows:
         return "\n".join([*lines, "(none evaluated)", ""])
-    lines += ["| recipe | dataset | paper row | paper Acc@0.5 | Acc@0.5 | mean IoU | n | refs/s "
-              "| peak memory | device |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["| recipe | dataset | reported setting | reported Acc@0.5 | Acc@0.5 | mean IoU | n "
+              "| refs/s | peak memory | device |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        paper = f"{r['paper_table']}: {r['paper_setting']}" if r["paper_table"] else "-"
-        lines.append(f"| {r['recipe']} | {r['dataset']} | {paper} | {_pct(r['paper_acc@0.5'])} "
-                     f"| {_pct(r['acc@0.5'])} | {_num(r['miou'])} | {r['n']} "
-                     f"| {r['refs_per_s']:.1f} | {_mib(r['peak_memory_bytes'])} "
+        lines.append(f"| {r['recipe']} | {r['dataset']} | {r['reported_setting'] or '-'} "
+                     f"| {_pct(r['reported_acc@0.5'])} | {_pct(r['acc@0.5'])} | {_num(r['miou'])} "
+                     f"| {r['n']} | {r['refs_per_s']:.1f} | {_mib(r['peak_memory_bytes'])} "
                      f"({r['peak_memory_kind']}) | {r['device']} |")
     return "\n".join([*lines, ""])
 
@@ -288,70 +159,46 @@ def bench_cmd(
     json_out: Path = typer.Option(None, "--json", help="Write the numbers as JSON here."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
 ) -> None:
-    """The paper's table: each checkpoint's Acc@0.5 beside the paper's, with throughput."""
-    console.print(_paper_table())
+    """Each checkpoint's Acc@0.5 beside the published numbers its recipes declare."""
+    from vgkit.engine.bench import bench_row, published
+    from vgkit.engine.evaluate import accuracy
+    from vgkit.plugins import get_registry
+
     rows = []
     for ck in checkpoint:
         ev = evaluate_checkpoint(ck, dataset=dataset, root=root, split=split, device=device)
-        rows.append(bench_row(ck, ev))
+        rows.append(bench_row(ck, ev, accuracy(ev.preds), peak_memory(ev.device),
+                              ev.recipe.data.dataset.name))
+    shown = {dataset} if dataset else {r["dataset"] for r in rows}
+    reference = [p for p in published(get_registry(), split=split)
+                 if not shown or p["dataset"] in shown]
+    what = ", ".join(sorted(shown)) if shown else "every dataset"
+    console.print(_published_table(reference, f"published Acc@0.5 on {what}, {split} split "
+                                              "(declared by the recipes)"))
     if rows:
         table = Table(title=f"checkpoints on {split} (continuous IoU, original pixels)")
-        for col in ("recipe / dataset", "paper", "Acc@0.5", "mIoU", "n", "refs/s", "peak MiB",
+        for col in ("recipe / dataset", "reported", "Acc@0.5", "mIoU", "n", "refs/s", "peak MiB",
                     "device"):
             table.add_column(col, overflow="fold",
                              justify="left" if col in ("recipe / dataset", "device") else "right")
         for r in rows:
-            paper = f"{_pct(r['paper_acc@0.5'])} ({r['paper_table']})" if r["paper_table"] else "-"
-            table.add_row(styled(r["recipe"], "", "\n").append(r["dataset"], "dim"), paper, _pct(r["acc@0.5"]),
-                          _num(r["miou"]), str(r["n"]), f"{r['refs_per_s']:.1f}",
-                          f"{r['peak_memory_bytes'] / 2**20:,.0f}", r["device"])
+            reported = _pct(r["reported_acc@0.5"])
+            table.add_row(styled(r["recipe"], "", "\n").append(r["dataset"], "dim"), reported,
+                          _pct(r["acc@0.5"]), _num(r["miou"]), str(r["n"]),
+                          f"{r['refs_per_s']:.1f}", f"{r['peak_memory_bytes'] / 2**20:,.0f}",
+                          r["device"])
         console.print(table)
-        console.print("paper numbers are ReferIt test: compare only rows evaluated on referit")
+        console.print("reported: the number the recipe declares for its own setting on that "
+                      "dataset and split; - where it declares none")
     else:
-        console.print("no --checkpoint given: the paper's reference rows only")
+        console.print("no --checkpoint given: the published numbers only")
     if markdown:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(_markdown(rows, split), encoding="utf-8")
+        atomic_write_text(markdown, _markdown(reference, rows, split))
         console.print(f"markdown -> {markdown}")
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        paper = [{"table": t, "setting": s, "acc@0.5": v / 100} for t, s, v in PAPER_ROWS]
-        json_out.write_text(json.dumps({"split": split, "paper": paper, "runs": rows}, indent=2)
-                            + "\n", encoding="utf-8")
+        atomic_write_text(json_out, json.dumps({"split": split, "published": reference,
+                                                "runs": rows}, indent=2) + "\n")
         console.print(f"json -> {json_out}")
-
-
-def check_phrase(model: Any, phrase: str) -> None:
-    """Refuse a phrase with no words; warn, naming them, when none of its words is known."""
-    import warnings
-
-    from vgkit.text import tokenize
-
-    tokens = tokenize(phrase)
-    if not tokens:
-        raise VgkitError(f"the phrase {phrase!r} has no words: give the expression to ground")
-    vocab = getattr(model.text_encoder, "vocab", None)  # encoders with their own tokenizer have none
-    if vocab is not None and not any(t in vocab for t in tokens):
-        warnings.warn(f"no word of {phrase!r} is in the model's vocabulary "
-                      f"({', '.join(dict.fromkeys(tokens))}): the box ignores the phrase",
-                      stacklevel=2)
-
-
-def ground_image(model: Any, transform: Any, image: Any, phrase: str,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """One phrase on one PIL image, backbone included: (box xyxy original px, alpha_I, alpha_T)."""
-    check_phrase(model, phrase)
-    x = transform(image)[None].to(device)
-    text = model.tokenize([phrase]).to(device)
-    amp = device.type == "cuda"  # the same precision as evaluation
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(text, images=x)
-    w, h = torch.tensor([float(image.size[0])]), torch.tensor([float(image.size[1])])
-    box = transform.box_to_original(out.boxes.float().cpu(), w, h)[0]
-    s = out.state
-    alpha_I = None if s.alpha_I is None else s.alpha_I[0].float().cpu()
-    alpha_T = None if s.alpha_T is None else s.alpha_T[0].float().cpu()[text.mask[0].cpu()]
-    return box, alpha_I, alpha_T
 
 
 @user_errors
@@ -363,26 +210,20 @@ def predict_cmd(
     out: Path = typer.Option(None, "--out", help="Figure PNG (default: ./<image stem>-pred.png)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
 ) -> None:
-    """Ground one phrase in one image: print the box, write the Figure-4 PNG."""
-    from vgkit.data.images import ImageTransform, read_image
-    from vgkit.engine.train import load_trained
-    from vgkit.engine.visualize import render_figure
-    from vgkit.plugins import get_registry
+    """Ground one phrase in one image: print the box, write the figure PNG."""
+    from vgkit.api import load, open_image
 
     if which not in ("best", "last"):
         raise VgkitError(f"--which {which!r}: choose best or last")
     # a user's photo is grounded as they see it: its EXIF orientation applied (docs/data.md)
-    img = read_image(image, upright=True)
-    dev = resolve_device(device)
-    model, recipe, _, _ = load_trained(checkpoint, get_registry(), which=which, device=dev)
-    transform = ImageTransform(tuple(recipe.data.image_size), recipe.data.resize)  # type: ignore[arg-type]
-    box, alpha_I, alpha_T = ground_image(model, transform, img, phrase, dev)
-    x1, y1, x2, y2 = box.tolist()
+    img = open_image(image)
+    g = load(checkpoint, which=which, device=device)
+    pred = g.predict(img, phrase)
+    x1, y1, x2, y2 = pred.box
     console.print(f"{phrase!r} in {image} ({img.size[0]}x{img.size[1]}), original pixels:")
     console.print(f"  x1 y1 x2 y2: {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}")
     console.print(f"  x y w h:     {x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f}")
     path = out or Path.cwd() / f"{image.stem}-pred.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    render_figure(img, phrase, box.tolist(), alpha_I=alpha_I, alpha_T=alpha_T,
-                  grid=model.spec.grid, transform=transform).save(path)
+    g.figure(img, phrase, pred).save(path)
     console.print(f"figure -> {path}")

@@ -18,10 +18,10 @@ app = typer.Typer(help="Extract and inspect frozen-backbone feature caches.", no
 def extract(
     dataset: str = typer.Option("synthetic", help="Registered dataset name."),
     root: Path = typer.Option(None, help="Dataset directory (default data/<dataset>)."),
-    backbone: str = typer.Option("vgg16", help="Registered backbone, e.g. vgg16 or timm:resnet50."),
+    backbone: str = typer.Option(..., help="A registered backbone (see vgkit plugins)."),
     weights: Path = typer.Option(None, help="Local weights file of the backbone."),
     image_size: int = typer.Option(224, min=1, help="Square network input size in pixels."),
-    resize: str = typer.Option("stretch", help="stretch (the paper) or letterbox."),
+    resize: str = typer.Option("stretch", help="stretch (to the square, ignoring aspect) or letterbox."),
     out: Path = typer.Option(None, help="Cache directory (default <root>/features/<model>-<key>)."),
     batch_size: int = typer.Option(32, min=1),
     workers: int = typer.Option(2, min=0, help="DataLoader worker processes."),

@@ -1,4 +1,4 @@
-"""``vgkit search``: random search over Table 1's ranges, one training run per trial, resumable."""
+"""``vgkit search``: random search over the recipe's ranges, one training run per trial, resumable."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def search(
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Random search over Table 1's ranges; re-run the same command to continue it."""
+    """Random search over the recipe's [[search]] ranges; re-run the same command to continue it."""
     from vgkit.engine.search import Search, run_search, searched
     from vgkit.plugins import get_registry
 
@@ -43,7 +43,7 @@ def search(
     s = Search(recipe, Path("."), seed=seed, sets=tuple(set_), epochs=epochs)
     base = s.base(registry)
     s.out = out or Path("runs") / f"search-{base.name}"
-    space = searched(base.resolved(registry))
+    space = searched(base.resolved(registry), base.search)
     console.print(f"random search of {base.name}: {trials} trials, seed {seed} -> {s.out}; "
                   f"searching {', '.join(r.short for r in space) or 'nothing'}")
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 
 from vgkit.cli_common import console, styled, user_errors
-from vgkit.errors import VgkitError
 
 
 @user_errors
@@ -31,7 +30,7 @@ def train(
         args = [a for a in _without_nproc(sys.argv[1:])]
         os.execvp(sys.executable, [sys.executable, "-m", "torch.distributed.run",
                                    "--nproc-per-node", str(nproc), "-m", "vgkit", *args])
-    from vgkit.engine.train import Trainer
+    from vgkit.engine.train import Trainer, check_run_dir
     from vgkit.plugins import get_registry
     from vgkit.recipe import load_recipe
 
@@ -44,11 +43,7 @@ def train(
     rec = load_recipe(recipe, overrides, registry=registry)
     run = out or Path("runs") / rec.name
     last = run / "checkpoints" / "last.safetensors"
-    if last.is_file() and not resume:
-        raise VgkitError(f"{run} already holds a run; add --resume to continue it or choose "
-                         "another --out")
-    if resume and not last.is_file():
-        raise VgkitError(f"--resume: no checkpoint in {run / 'checkpoints'}")
+    check_run_dir(run, resume)
     trainer = Trainer(rec, registry, run, device=device, progress=not quiet,
                       cache_dir=str(cache_dir) if cache_dir else None)
     if resume:

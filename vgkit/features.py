@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from vgkit.data.images import BadImageError, ImageTransform, read_image
@@ -41,7 +40,8 @@ from vgkit.data.index import DatasetIndex
 from vgkit.data.validate import image_file
 from vgkit.distributed import DistInfo, barrier
 from vgkit.errors import VgkitError
-from vgkit.fsutil import check_space, folder_lock, replacing, reserve, write_error
+from vgkit.fsutil import atomic_write_text, check_space, folder_lock, reserve, write_error
+from vgkit.progress import progress_bar
 
 CACHE_VERSION = 1
 TODO, DONE, BAD = 0, 1, 2
@@ -188,9 +188,8 @@ def _extract(backbone: Any, transform: ImageTransform, images: Sequence[tuple[st
     loader = DataLoader(_Images(root, images, todo, transform), batch_size=batch_size,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # leave the global RNG (dropout) untouched
-    started, n_done = time.perf_counter(), 0
-    with _progress(progress and info.is_main) as bar:
-        task = bar.add_task(f"extracting {spec['backbone'].get('model')}", total=len(todo), rate=0.0)
+    with progress_bar(f"extracting {spec['backbone'].get('model')}", len(todo), "images",
+                      enabled=progress and info.is_main) as advance:
         for rows, batch, ok in loader:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                  enabled=device.type == "cuda"):
@@ -204,9 +203,7 @@ def _extract(backbone: Any, transform: ImageTransform, images: Sequence[tuple[st
                 done.flush()
             except OSError as exc:  # msync's EIO: done.npy still marks only the maps stored
                 raise write_error(out / "features.npy", exc) from None
-            n_done += len(r)
-            bar.update(task, advance=len(r),
-                       rate=n_done / max(time.perf_counter() - started, 1e-9))
+            advance(len(r))
     del feats, done
     barrier()
     if info.is_main:
@@ -265,13 +262,4 @@ def _finish(out: Path, plan: dict[str, Any]) -> None:
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    with replacing(path) as tmp:  # a failed write leaves no temporary and the old file
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                    TextColumn("{task.completed}/{task.total} images"),
-                    TextColumn("{task.fields[rate]:.1f} img/s" if enabled else ""),
-                    TimeRemainingColumn(), disable=not enabled, transient=False)
+    atomic_write_text(path, json.dumps(data, indent=1))

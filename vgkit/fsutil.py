@@ -228,3 +228,23 @@ def reserve(path: Path, what: str) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` to `path` whole or not at all: temp file, fsync, rename (parents made).
+
+    The one text writer of vgkit: a crash leaves the old file or the new one, never
+    half; a full disk is one line naming `path`, with the temporary removed.
+    """
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(p, exc) from None
+    with replacing(p) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes reach the disk before the name changes
+        os.replace(tmp, p)
+    return p

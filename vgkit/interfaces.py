@@ -34,6 +34,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from vgkit.errors import VgkitError
+
 BoxFormat = Literal["xyxy-pixels", "xywh-pixels", "cxcywh-normalized"]
 """``*-pixels``: pixels of the network input (e.g. 224x224); ``normalized``: /W, /H."""
 
@@ -77,6 +79,19 @@ class GroundingState:
     alpha_I: Tensor | None = None  # [B, N] image attention map v^I_alpha, if computed
     alpha_T: Tensor | None = None  # [B, L] text attention, if computed
     extras: dict[str, Tensor] = field(default_factory=dict)  # plugin-specific outputs
+    # named auxiliary loss terms (scalars, already weighted) that components contribute:
+    # the engine adds each to the loss and logs it as "aux.<name>"
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+
+    def add_loss(self, name: str, value: Tensor) -> None:
+        """Contribute an auxiliary loss term `name` (a scalar tensor, weighted as wanted)."""
+        if name in self.aux_losses:
+            raise VgkitError(f"auxiliary loss {name!r} is added twice; give each term its "
+                             "own name")
+        if value.dim() != 0:
+            raise VgkitError(f"auxiliary loss {name!r} must be a scalar, got shape "
+                             f"{tuple(value.shape)}")
+        self.aux_losses[name] = value
 
 
 @dataclass

@@ -96,6 +96,13 @@ class GroundingModel(nn.Module):
         v_l, v_T = self.text_encoder(text.ids, text.mask)
         state = GroundingState(V=V, grid=self.spec.grid, v_l=v_l, word_mask=text.mask, v_T=v_T,
                                visual=V.mean(1), text=v_T)
+        # the backbone and the text encoder see no state: terms they put in their own
+        # `aux_losses` dict during forward join it here (a cached backbone ran no forward)
+        for part in (self.backbone if features is None else None, self.text_encoder):
+            for name, value in getattr(part, "aux_losses", {}).items():
+                state.add_loss(name, value)
+            if getattr(part, "aux_losses", None):
+                part.aux_losses = {}
         for module in self.attention:
             state = module(state)
         g = self.head(state)
@@ -107,7 +114,12 @@ def compute_loss(loss: nn.Module, out: GroundingOutput, target_xyxy: Tensor,
     """Evaluate `loss` with prediction and target converted to the loss's box format."""
     pred = convert(out.g, head_format, loss.box_format, input_size)  # type: ignore[arg-type]
     target = convert(target_xyxy, "xyxy-pixels", loss.box_format, input_size)
-    return loss(pred, target, out.state, input_size)
+    res = loss(pred, target, out.state, input_size)
+    if not out.state.aux_losses:
+        return res
+    # every component's auxiliary terms join the loss, each logged under its name
+    aux = {f"aux.{name}": value for name, value in out.state.aux_losses.items()}
+    return LossOutput(res.total + sum(aux.values()), {**res.terms, **aux})
 
 
 def build_model(recipe: Recipe, registry: Registry | None = None, *,

@@ -33,7 +33,7 @@ class PluginInfo:
     """What `vgkit plugins` shows about one plugin."""
 
     name: str
-    target: str  # the entry point's value, e.g. "vgkit_endo2017"
+    target: str  # the entry point's value, e.g. "my_vgkit_plugin"
     distribution: str
     version: str
     status: str = "ok"  # ok | error | disabled

@@ -5,7 +5,7 @@ options model validates them. Unknown keys and unknown component names are
 one-line errors that name the key and list the valid choices, closest first.
 ``extends = "other-recipe"`` starts from another recipe (tables merge; lists,
 and a component table that names a different component, are replaced). ``--set model.head.hidden=500`` overrides one value;
-``model.attention.0.hidden`` and ``model.attention.image-attention.hidden``
+``model.attention.0.hidden`` and ``model.attention.my-attention.hidden``
 both reach into the attention list.
 """
 
@@ -54,13 +54,13 @@ class DataConfig(_Strict):
     root: str | None = None  # dataset directory; None: data/<dataset name>
     vocab: str | None = None  # vocabulary file (one token a line); None: built from train
     min_count: int = Field(1, ge=1)  # when building the vocabulary
-    train_split: str = "train"  # the paper: Hu et al.'s 9,000 training images
+    train_split: str = "train"
     val_split: str = "val"  # validation each epoch, and the best checkpoint
     test_split: str = "test"
-    embeddings: str = "random"  # "random" or a local GloVe/word2vec file (Table 4)
-    # (H, W) network input; the paper resizes to 224
+    embeddings: str = "random"  # "random" or a local GloVe/word2vec file
+    # (H, W) network input
     image_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (224, 224)
-    resize: Literal["stretch", "letterbox"] = "stretch"  # the paper stretches
+    resize: Literal["stretch", "letterbox"] = "stretch"
 
 
 class ModelConfig(_Strict):
@@ -70,13 +70,13 @@ class ModelConfig(_Strict):
     text_encoder: ComponentConfig
     attention: list[ComponentConfig] = []
     head: ComponentConfig
-    # Departures from the paper (GUIDE: "leads, not law"); off in the paper's recipes.
+    # Departures a recipe may switch on (named as such in its docs); off by default.
     init_bias: Literal["none", "dataset-mean"] = "none"  # head bias <- mean training box
     feature_norm: Literal["none", "channel"] = "none"  # standardise V_map per channel
 
 
 class OptimConfig(_Strict):
-    """The optimizer (§4.2: Adam with the authors' recommended values)."""
+    """The optimizer: Adam (its defaults are Adam's recommended values)."""
 
     name: Literal["adam"] = "adam"
     lr: float = Field(0.001, gt=0)  # Adam alpha
@@ -84,7 +84,7 @@ class OptimConfig(_Strict):
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    # "constant" is the paper. "cosine" (a departure) decays lr to 0 over the run: a pure
+    # "constant", or "cosine": lr decays to 0 over the run, a pure
     # function of the step, so a resumed run follows the same curve exactly.
     schedule: Literal["constant", "cosine"] = "constant"
 
@@ -92,13 +92,46 @@ class OptimConfig(_Strict):
 class TrainConfig(_Strict):
     """How long and how to train."""
 
-    batch_size: int = Field(20, ge=1)  # Table 1; the global batch (split over ranks)
-    epochs: int = Field(10, ge=1)  # not given in the paper
+    batch_size: int = Field(20, ge=1)  # the global batch (split over ranks)
+    epochs: int = Field(10, ge=1)
     seed: int = 0
     log_every: int = Field(50, ge=1)  # steps between metrics lines
     checkpoint_every: int = Field(500, ge=1)  # steps between mid-epoch "last" checkpoints
     eval_batch_size: int = Field(64, ge=1)
     workers: int = Field(2, ge=0)  # DataLoader workers when images are read every step
+
+
+class Reported(_Strict):
+    """A published number that ``vgkit bench`` prints beside the recipe's own result."""
+
+    value: float = Field(ge=0, le=100)  # percent, as published
+    metric: str = "acc@0.5"
+    dataset: str  # a registered dataset name, e.g. the one the recipe trains on
+    split: str = "test"
+    setting: str  # where the number stands in its source, e.g. "ablations, without attention"
+    source: str  # the citation
+    # "" : the number of the very setting this recipe reproduces; else another method's
+    # number from the same source, shown beside it for context
+    method: str = ""
+
+
+class SearchRange(_Strict):
+    """One hyper-parameter range of the recipe's random search (``vgkit search``)."""
+
+    label: str  # the source's wording
+    short: str  # a column heading
+    keys: list[str]  # ``--set`` paths that take the sampled value (those the recipe has)
+    low: float
+    high: float
+    step: float = Field(gt=0)
+    chosen: float | None = None  # the value the source settled on, if it says
+
+    def values(self) -> list[float | int]:
+        """Every value of the range, in order."""
+        n = round((self.high - self.low) / self.step)
+        integral = float(self.step).is_integer() and float(self.low).is_integer()
+        return [int(self.low + k * self.step) if integral else round(self.low + k * self.step, 6)
+                for k in range(n + 1)]
 
 
 class Recipe(_Strict):
@@ -112,6 +145,17 @@ class Recipe(_Strict):
     loss: ComponentConfig
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    # What the recipe reproduces, declared by the recipe (never inherited through
+    # ``extends``: a variant reports its own numbers), and the space ``vgkit search`` draws
+    # from (inherited like any list).
+    reported: list[Reported] = []
+    search: list[SearchRange] = []
+
+    def own_reported(self, dataset: str | None = None, split: str | None = None,
+                     metric: str = "acc@0.5") -> list[Reported]:
+        """The published numbers of this recipe's own setting (optionally for one dataset/split)."""
+        return [r for r in self.reported if not r.method and r.metric == metric
+                and dataset in (None, r.dataset) and split in (None, r.split)]
 
     def components(self) -> Iterable[tuple[str, str, ComponentConfig]]:
         """(kind, recipe path, config) of every component the recipe names."""
@@ -200,6 +244,7 @@ def _raw(name_or_path: str, registry: Registry, seen: tuple[str, ...]) -> tuple[
     if base is None:
         return data, source
     parent, _ = _raw(str(base), registry, (*seen, name_or_path))
+    parent.pop("reported", None)  # a parent's published numbers are not the variant's
     return _merge(parent, data), source
 
 

@@ -10,6 +10,8 @@ validates them, so a misspelt option is an error that names it.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,3 +117,18 @@ class Registry:
         if name.endswith(FAMILY) is False and comp.name.endswith(FAMILY):
             context["variant"] = name.split(":", 1)[1]
         return comp.build(opts, **context)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: ``vgkit.registry()`` is the registry of installed plugins."""
+
+    def __call__(self) -> Registry:
+        from vgkit.plugins import get_registry
+
+        return get_registry()
+
+
+# `vgkit.registry` names both this module (``from vgkit.registry import Registry``, what
+# plugins import) and the front door's ``vgkit.registry()``: importing a submodule binds
+# its name on the package, so the module itself must be the callable.
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,6 +1,6 @@
 """Tokenizer and vocabulary shared by datasets and vocabulary-based text encoders.
 
-The tokenizer is Hu et al.'s (text_objseg / SCRC), the one the paper's
+The tokenizer is Hu et al.'s (text_objseg / SCRC), the one ReferIt's
 8,803-token ReferIt vocabulary was built with: split on runs of non-word
 characters (``re.split(r"(\\W+)")``), drop whitespace-only pieces, lowercase,
 drop a final ``"."``. Punctuation other than whitespace stays a token.
@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from vgkit.errors import VgkitError
+from vgkit.fsutil import atomic_write_text
 
 PAD, GO, EOS, UNK = "<pad>", "<go>", "<eos>", "<unk>"
 SPECIALS = (PAD, GO, EOS, UNK)
@@ -79,4 +80,4 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write one token a line."""
-        Path(path).write_text("\n".join(self.itos) + "\n", encoding="utf-8")
+        atomic_write_text(path, "\n".join(self.itos) + "\n")

@@ -55,8 +55,8 @@ def test_prepare_default_out_and_read_only(tmp_path):
 
 
 def test_prepare_errors(tmp_path):
-    res = invoke("prepare", "refcoco", "--root", tmp_path)
-    assert _failed(res, "referit")
+    res = invoke("prepare", "refcocoplus", "--root", tmp_path)
+    assert _failed(res, "unknown dataset 'refcocoplus'") and "refcoco+" in res.output
     res = invoke("prepare", "referit", "--root", tmp_path / "nope")
     assert _failed(res, "not a directory")
     res = invoke("prepare", "referit", "--root", tmp_path, "--out", tmp_path / "idx")

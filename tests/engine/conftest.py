@@ -61,7 +61,7 @@ def evaluated(tiny_run, runner, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ev(tiny_run):
     """The tiny run's model, data and test-split predictions, in-process (cached features)."""
-    from vgkit.cli_eval import evaluate_checkpoint
+    from vgkit.engine.run import evaluate_checkpoint
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -9,11 +9,12 @@ import warnings
 import pytest
 import torch
 
+from vgkit.api import Grounder
 from vgkit.cli import app
-from vgkit.cli_eval import RECIPE_ROWS, ground_image
 from vgkit.data.images import read_image
 from vgkit.engine.data import DataBundle
 from vgkit.engine.evaluate import predict
+from vgkit.recipe import load_recipe
 
 
 def _iou(a, b) -> float:
@@ -89,10 +90,11 @@ def test_predict_box_matches_the_model_on_the_same_image(runner, tiny_run, evalu
 
     # a bundle without the feature cache: batches carry images and the backbone runs on them
     model, bundle = ev.model, DataBundle(ev.recipe, registry, vocab=ev.bundle.vocab, progress=False)
-    box, _, alpha_T = ground_image(model, bundle.transform, read_image(image), rec["phrase"],
-                                   torch.device("cpu"))
+    pred = Grounder(model, ev.recipe, tiny_run.run, "best", torch.device("cpu")).predict(
+        read_image(image), rec["phrase"])
+    box = torch.tensor(pred.box)
     assert printed == pytest.approx(box.tolist(), abs=0.051)
-    assert alpha_T is not None and len(alpha_T) == len(rec["tokens"])
+    assert pred.word_attention is not None and len(pred.word_attention) == len(rec["tokens"])
     # eval's path without the feature cache: the backbone on the image, batched with others
     exprs = bundle.split("test")
     i = next(k for k, r in enumerate(exprs.records)
@@ -107,13 +109,15 @@ def test_predict_box_matches_the_model_on_the_same_image(runner, tiny_run, evalu
     assert box.tolist() == pytest.approx(line["pred"], abs=1e-2)
 
 
-def test_bench_prints_paper_rows_and_writes_the_checkpoint_row(runner, tiny_run, tmp_path):
+def test_bench_prints_published_rows_and_writes_the_checkpoint_row(runner, tiny_run, tmp_path):
     md, js = tmp_path / "bench.md", tmp_path / "bench.json"
+    res = _invoke(runner, "bench", "--checkpoint", tiny_run.run, "--dataset", "referit",
+                  "--root", tiny_run.root, "--markdown", md, "--json", js, "--device", "cpu")
+    assert res.exit_code == 2  # the tiny run's root holds no ReferIt
     res = _invoke(runner, "bench", "--checkpoint", tiny_run.run, "--dataset", "synthetic",
                   "--markdown", md, "--json", js, "--device", "cpu")
     assert res.exit_code == 0, res.output
-    for text in ("SCRC", "17.93%", "37.26%", "29.43%", "35.70%"):
-        assert text in res.output
+    assert "no published" not in res.output
     data = json.loads(js.read_text())
     (row,) = data["runs"]
     assert row["recipe"] == "synthetic-attn-regression" and row["dataset"] == "synthetic"
@@ -122,22 +126,32 @@ def test_bench_prints_paper_rows_and_writes_the_checkpoint_row(runner, tiny_run,
              (tiny_run.run / "predictions-test.jsonl").read_text().splitlines()]
     assert row["acc@0.5"] == pytest.approx(sum(r["correct"] for r in lines) / len(lines))
     assert row["n"] == len(lines)
-    assert len(data["paper"]) == 13
-    text = md.read_text()
-    assert "| synthetic-attn-regression | synthetic |" in text and "| Table 2 | SCRC" in text
+    assert row["reported_acc@0.5"] is None  # no recipe reports synthetic numbers
+    assert data["published"] == []  # ... nor any other published number on synthetic data
+    assert "| synthetic-attn-regression | synthetic |" in md.read_text()
 
 
-def test_bench_without_checkpoints_prints_the_paper_only(runner, tmp_path):
-    res = _invoke(runner, "bench", "--json", tmp_path / "b.json")
+def test_bench_without_checkpoints_prints_what_the_recipes_declare(runner, tmp_path):
+    res = _invoke(runner, "bench", "--dataset", "referit", "--json", tmp_path / "b.json")
     assert res.exit_code == 0, res.output
-    assert "Comprehension" in res.output and "31.85%" in res.output
-    assert json.loads((tmp_path / "b.json").read_text())["runs"] == []
+    for text in ("Comprehension", "31.85%", "SCRC", "17.93%", "37.26%", "29.43%", "35.70%",
+                 "69.30%"):  # the last: the full TransVG's, declared by transvg-lite
+        assert text in res.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["runs"] == []
+    # Tables 2-4 of Endo et al. (the full model once) and TransVG's ReferIt test number
+    assert len(data["published"]) == 12
+    assert {p["dataset"] for p in data["published"]} == {"referit"}
 
 
-def test_every_paper_recipe_maps_to_a_paper_row(registry):
-    names = {c.name for c in registry.components("recipe")}
-    paper = {"refit-attn-regression", "refit-no-text-attention", "refit-no-attention",
-             "refit-no-penalty"}
-    assert paper <= names and paper <= set(RECIPE_ROWS)
-    assert RECIPE_ROWS["refit-no-attention"][2] == 29.43
-    assert {"refit-glove-42b", "refit-glove-6b", "refit-glove-random"} <= set(RECIPE_ROWS)
+def test_each_paper_recipe_declares_its_own_number_and_variants_do_not_inherit(registry):
+    own = {name: [r.value for r in load_recipe(name, registry=registry).own_reported(
+        "referit", "test")] for name in ("refit-attn-regression", "refit-no-text-attention",
+                                          "refit-no-attention", "refit-no-penalty",
+                                          "refit-glove-42b", "refit-glove-6b", "refit-glove-random",
+                                          "synthetic-attn-regression", "referit-blind")}
+    assert own == {"refit-attn-regression": [37.26], "refit-no-text-attention": [35.55],
+                   "refit-no-attention": [29.43], "refit-no-penalty": [35.41],
+                   "refit-glove-42b": [36.60], "refit-glove-6b": [36.85],
+                   "refit-glove-random": [35.70], "synthetic-attn-regression": [],
+                   "referit-blind": []}

@@ -58,7 +58,8 @@ def test_a_mistyped_root_makes_no_dataset(runner, tmp_path):
                   "--out", tmp_path / "run", "--device", "cpu")
     _one_line_error(res, f"no synthetic dataset at {typo}", "vgkit data synth --out")
     assert not typo.exists()  # nothing generated, nothing extracted
-    res = _invoke(runner, "features", "extract", "--dataset", "synthetic", "--root", typo)
+    res = _invoke(runner, "features", "extract", "--dataset", "synthetic", "--root", typo,
+                  "--backbone", "vgg16")
     _one_line_error(res, "no synthetic dataset at")
     assert not typo.exists()
 
@@ -123,7 +124,7 @@ def test_eval_counts_unreadable_images_as_failures_in_table_and_json(broken_imag
 
 def test_eval_reading_images_every_step_counts_unreadable_ones_too(tmp_path, registry):
     """A trainable backbone reads pixels at eval time: a broken test image is unscored."""
-    from vgkit.cli_eval import evaluate_checkpoint
+    from vgkit.engine.run import evaluate_checkpoint
 
     root, run = tmp_path / "syn", tmp_path / "run"
     generate(root, 16, seed=1, image_size=(96, 80), progress=False)
@@ -295,7 +296,7 @@ def test_predict_refuses_a_phrase_without_words(runner, tiny_run, tmp_path):
 
 
 def test_predict_warns_naming_the_words_when_none_is_known(tiny_run, tmp_path):
-    from vgkit.cli_eval import check_phrase
+    from vgkit.api import check_phrase
     from vgkit.engine.train import load_trained
     from vgkit.plugins import get_registry
 

@@ -1,4 +1,4 @@
-"""``vgkit search``: Table 1's space, deterministic sampling in range, resumable tiny searches."""
+"""``vgkit search``: the space recipes declare (Table 1's), deterministic sampling in range, resumable tiny searches."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 
 from vgkit.cli import app
 from vgkit.data.synth import generate
-from vgkit.engine.search import SPACE, Search, ranked, sample, searched, trial_overrides
+from vgkit.engine.search import Search, ranked, sample, searched, trial_overrides
 from vgkit.recipe import has_path, load_recipe
+from vgkit.registry import Registry
 
 TINY = ["data.image_size=[64, 64]", "train.workers=0", "train.batch_size=10",
         "model.text_encoder.hidden=16", "model.text_encoder.embedding_dim=16"]
@@ -25,8 +26,13 @@ TABLE_1 = {"LSTM layers": (1, 3, 1), "Hidden size of image attention model": (10
            "Layers of region prediction model": (1, 3, 2), "Dropout": (0.5, 0.8, 0.6)}
 
 
+def _space(registry: Registry, name: str = "refit-attn-regression"):
+    return load_recipe(name, registry=registry).search
+
+
 def test_space_is_table_1_and_its_keys_hold_the_final_values(registry):
-    assert {r.label: (r.low, r.high, r.paper) for r in SPACE} == TABLE_1
+    SPACE = _space(registry)
+    assert {r.label: (r.low, r.high, r.chosen) for r in SPACE} == TABLE_1
     full = load_recipe("refit-attn-regression", registry=registry).resolved(registry)
     for r in SPACE:
         for key in r.keys:
@@ -35,34 +41,46 @@ def test_space_is_table_1_and_its_keys_hold_the_final_values(registry):
             for part in key.split("."):
                 node = (next(x for x in node if x["name"] == part) if isinstance(node, list)
                         else node[part])
-            assert node == r.paper, (key, node)
+            assert node == r.chosen, (key, node)
         if "Hidden" in r.label:
             assert r.step == 50
 
 
-def test_sampling_is_in_range_on_the_step_and_deterministic():
-    draws = [sample(0, k) for k in range(1, 301)]
+def test_variants_inherit_the_space_and_a_second_plugin_set_declares_its_own(registry):
+    full = _space(registry)
+    for name in ("refit-no-text-attention", "refit-no-attention", "referit-blind",
+                 "synthetic-attn-regression"):
+        assert _space(registry, name) == full, name
+    tvg = load_recipe("transvg-lite", registry=registry)
+    resolved = tvg.resolved(registry)
+    assert [r.short for r in searched(resolved, tvg.search)] == ["layers", "d", "MLP h"]
+
+
+def test_sampling_is_in_range_on_the_step_and_deterministic(registry):
+    SPACE = _space(registry)
+    draws = [sample(0, k, SPACE) for k in range(1, 301)]
     for r in SPACE:
         got = [d[r.label] for d in draws]
         assert all(r.low <= v <= r.high for v in got), r.label
         assert all(abs((v - r.low) / r.step - round((v - r.low) / r.step)) < 1e-6 for v in got)
         assert min(got) == r.low and max(got) == r.high  # both ends reachable
-    assert draws == [sample(0, k) for k in range(1, 301)]
-    assert draws != [sample(1, k) for k in range(1, 301)]
-    assert sample(0, 7) == sample(0, 7) != sample(0, 8)
+    assert draws == [sample(0, k, SPACE) for k in range(1, 301)]
+    assert draws != [sample(1, k, SPACE) for k in range(1, 301)]
+    assert sample(0, 7, SPACE) == sample(0, 7, SPACE) != sample(0, 8, SPACE)
 
 
 def test_only_keys_the_recipe_has_are_sampled(registry):
-    values = sample(3, 1)
+    SPACE = _space(registry)
+    values = sample(3, 1, SPACE)
     for name, absent in [("refit-no-text-attention", "text-attention"),
                          ("refit-no-attention", "attention"), ("referit-blind", "attention")]:
         resolved = load_recipe(name, registry=registry).resolved(registry)
-        keys = trial_overrides(resolved, values)
+        keys = trial_overrides(resolved, values, SPACE)
         assert keys and not [k for k in keys if absent in k], (name, keys)
         assert "model.head.hidden" in keys
         load_recipe(name, [f"{k}={v}" for k, v in keys.items()], registry=registry)  # validates
     no_ta = load_recipe("refit-no-text-attention", registry=registry).resolved(registry)
-    assert [r.short for r in searched(no_ta)] == [
+    assert [r.short for r in searched(no_ta, SPACE)] == [
         "LSTM L", "IA h", "IA L", "RP h", "RP L", "dropout"]
 
 

@@ -39,6 +39,24 @@ class ReferItOptions(BaseModel):
     index: str | None = None  # a directory written by `vgkit data prepare`; default <root>/vgkit-index
 
 
+class RefCocoOptions(BaseModel):
+    """Options of ``refcoco``, ``refcoco+``, ``refcocog`` and ``refclef``."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: str = "auto"  # auto | refer | pth
+    split_by: str | None = None  # None: the dataset's first (unc; refcocog: umd)
+    index: str | None = None  # a `vgkit data prepare` directory; default <root>/vgkit-index
+    image_dir: str | None = None  # images folder under the root; default per dataset
+
+
+class Flickr30kOptions(BaseModel):
+    """Options of ``flickr30k`` (one-stage ``flickr_<split>.pth`` files)."""
+
+    model_config = ConfigDict(extra="forbid")
+    index: str | None = None
+    image_dir: str | None = None  # default Flickr30k/flickr30k_images
+
+
 def build_synthetic(opts: SyntheticOptions, *, root: Path) -> DatasetIndex:
     """The PIL-drawn scenes at `root`, made by ``vgkit data synth`` (never generated here)."""
     from vgkit.data import synth
@@ -74,8 +92,43 @@ def build_referit(opts: ReferItOptions, *, root: Path) -> DatasetIndex:
     return load_referit(root, format=opts.format)
 
 
+def _prepared(index: str | None, root: Path) -> DatasetIndex | None:
+    index_dir = Path(index) if index else root / "vgkit-index"
+    return DatasetIndex.load(index_dir) if (index_dir / "manifest.json").is_file() else None
+
+
+def _refcoco_builder(name: str):  # type: ignore[no-untyped-def]
+    def build(opts: RefCocoOptions, *, root: Path) -> DatasetIndex:
+        from vgkit.data.refcoco import load_refcoco
+
+        prepared = _prepared(opts.index, root)
+        if prepared is not None:
+            return prepared
+        if not root.exists():
+            raise VgkitError(f"{name} root {root} does not exist (set data.root=PATH)")
+        return load_refcoco(root, name, opts.format, opts.split_by, image_dir=opts.image_dir)
+
+    build.__doc__ = f"{name} in its refer or one-stage pth form, or a prepared index."
+    return build
+
+
+def build_flickr30k(opts: Flickr30kOptions, *, root: Path) -> DatasetIndex:
+    """Flickr30k Entities from one-stage pth files, or a prepared index."""
+    from vgkit.data.refcoco import load_flickr30k
+
+    prepared = _prepared(opts.index, root)
+    if prepared is not None:
+        return prepared
+    if not root.exists():
+        raise VgkitError(f"flickr30k root {root} does not exist (set data.root=PATH)")
+    return load_flickr30k(root, image_dir=opts.image_dir)
+
+
 @hookimpl
 def vgkit_register(registry: Registry) -> None:
     """Register the built-in datasets."""
     registry.add("dataset", "synthetic", build_synthetic, options=SyntheticOptions)
     registry.add("dataset", "referit", build_referit, options=ReferItOptions)
+    for name in ("refcoco", "refcoco+", "refcocog", "refclef"):
+        registry.add("dataset", name, _refcoco_builder(name), options=RefCocoOptions)
+    registry.add("dataset", "flickr30k", build_flickr30k, options=Flickr30kOptions)

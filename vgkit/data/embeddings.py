@@ -95,7 +95,7 @@ def default_cache_dir() -> Path:
 def random_embeddings(
     vocab: Vocabulary, dim: int = 300, seed: int = 0, *, std: float = 1.0
 ) -> EmbeddingResult:
-    """N(0, std) rows from `seed` (``<pad>`` zeros): Table 4's "random" setting."""
+    """N(0, std) rows from `seed` (``<pad>`` zeros): the "random" word vectors."""
     if dim < 1:
         raise VgkitError(f"embedding dim must be >= 1, got {dim}")
     weights = _random_matrix(len(vocab), dim, seed, std)

@@ -1,6 +1,6 @@
 """The image pipeline: read, resize to the network input, normalise; boxes follow.
 
-``stretch`` is the paper's: every image is resized to 224 x 224 regardless of
+``stretch`` resizes every image to the input size (e.g. 224 x 224) regardless of
 aspect. ``letterbox`` keeps the aspect and pads (for later methods). Boxes are
 mapped into input pixels with the image and predictions mapped back to
 original pixels for evaluation.

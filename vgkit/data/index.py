@@ -24,7 +24,7 @@ from typing import Any
 
 from vgkit.data.validate import safe_relpath
 from vgkit.errors import VgkitError
-from vgkit.fsutil import replacing
+from vgkit.fsutil import atomic_write_text
 from vgkit.text import tokenize
 
 BOX_CONVENTION = "xyxy-continuous-pixels"
@@ -214,6 +214,4 @@ _STRS = itertools.repeat(str)
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    with replacing(path) as tmp:  # a failed write leaves no temporary and the old file
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+    atomic_write_text(path, text)

@@ -38,22 +38,27 @@ absolute or has a ``..`` component is refused at load time, naming file and reco
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import posixpath
 import re
-import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vgkit.data.annotations import (
+    Problems,
+    field,
+    load_pth_file,
+    make_record,
+    plan_splits,
+    read_json,
+    stem,
+    xywh_to_xyxy,
+)
 from vgkit.data.index import DatasetIndex, Record
-from vgkit.data.safe_pickle import safe_load, safe_loads
-from vgkit.data.validate import box_problem, image_file, safe_relpath
+from vgkit.data.safe_pickle import safe_load
+from vgkit.data.validate import image_file, safe_relpath
 from vgkit.errors import UnknownNameError, VgkitError
-from vgkit.text import tokenize
 
 __all__ = ["DEFAULT_SPLITS", "FORMATS", "PTH_SKIPPED_IMAGES", "REFS_FILE", "detect_format",
            "load_referit"]
@@ -63,8 +68,6 @@ DEFAULT_SPLITS = ("train", "val", "trainval", "test")
 PTH_SKIPPED_IMAGES = {"train": ("19579", "17975"), "test": ("19575",)}
 REFS_FILE = "refs(berkeley).p"
 _CROP_ID = re.compile(r"^(\d+)_(\d+)$")
-_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes kept by surrogateescape
-_MAX_EXAMPLES = 5
 _LOOKS_FOR = {"hu": "referit_bbox.json + referit_query_<split>.json",
               "refer": f"refclef/{REFS_FILE} + refclef/instances.json",
               "pth": "referit_<split>.pth"}
@@ -108,27 +111,6 @@ def detect_format(root: str | os.PathLike[str]) -> str:
                      f"data/ for " + ", ".join(f"{k} ({v})" for k, v in _LOOKS_FOR.items()))
 
 
-class _Problems:
-    """Counts and a few examples of bad input; raises at the first one when strict."""
-
-    def __init__(self, strict: bool) -> None:
-        self.strict = strict
-        self.counts: Counter[str] = Counter()
-        self.examples: dict[str, list[str]] = defaultdict(list)
-        self.tokens: dict[str, tuple[str, ...]] = {}  # trainval repeats train and val phrases
-
-    def add(self, kind: str, example: str) -> None:
-        if self.strict:
-            raise VgkitError(f"ReferIt data problem ({kind}): {example} (strict mode)")
-        self.counts[kind] += 1
-        if len(self.examples[kind]) < _MAX_EXAMPLES:
-            self.examples[kind].append(example)
-
-    def as_meta(self) -> dict[str, Any]:
-        return {"counts": dict(sorted(self.counts.items())),
-                "examples": {k: self.examples[k] for k in sorted(self.counts)}}
-
-
 class _Sizes:
     """Image sizes from referit_imsize.json, else the image header, else (0, 0)."""
 
@@ -136,7 +118,7 @@ class _Sizes:
         self.root = root
         path = next((d / "referit_imsize.json" for d in json_dirs
                      if (d / "referit_imsize.json").is_file()), None)
-        self.table: dict[str, Any] = _read_json(path) if path else {}
+        self.table: dict[str, Any] = read_json(path) if path else {}
         self.source = str(path) if path else "image headers"
         self.cache: dict[str, tuple[int, int]] = {}
         self.unknown: set[str] = set()
@@ -167,62 +149,6 @@ class _Sizes:
                 f"e.g. {', '.join(sorted(self.unknown)[:3])}"]
 
 
-def _read_json(path: Path) -> Any:
-    # surrogateescape keeps undecodable bytes as lone surrogates so they are reported
-    # per phrase instead of failing the whole file.
-    try:
-        return json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
-    except FileNotFoundError:
-        raise VgkitError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise VgkitError(f"{path}: invalid JSON ({e})") from None
-
-
-def _make_record(p: _Problems, where: str, *, image_id: str, image_path: str, size: tuple[int, int],
-                 box: Sequence[Any] | None, phrase: Any, split: str, ref_id: str,
-                 sent_id: int) -> Record | None:
-    """Validate and normalise one expression; None when it must be skipped."""
-    tag = f"{where}: {ref_id or image_id}#{sent_id}"
-    if isinstance(phrase, bytes):
-        phrase = phrase.decode("utf-8", "surrogateescape")
-    phrase = "" if phrase is None else str(phrase)
-    if _UNDECODABLE.search(phrase):
-        phrase = phrase.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        p.add("non_utf8", f"{tag} phrase {phrase!r}")
-    tokens = p.tokens.get(phrase)
-    if tokens is None:
-        tokens = p.tokens[phrase] = tuple(tokenize(phrase))
-    if not tokens:
-        p.add("empty_phrase", f"{tag} phrase {phrase!r}")
-        return None
-    if box is None:
-        p.add("missing_box", f"{tag} has no box")
-        return None
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        p.add("nan_box", f"{tag} box {box!r} is not 4 numbers")
-        return None
-    # The same box tests as check_index (vgkit.data.validate), plus clipping: a box that
-    # sticks out of the image is clipped here, so the index holds only valid boxes.
-    w, h = size
-    kind = box_problem((x1, y1, x2, y2), w if h > 0 else 0, h if w > 0 else 0)
-    if kind in ("nan_box", "degenerate_box"):
-        p.add(kind, f"{tag} box {[x1, y1, x2, y2]} " + (
-            "has no area" if kind == "degenerate_box" else "is not finite"))
-        return None
-    if kind == "box_outside_image":
-        cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
-        if box_problem((cx1, cy1, cx2, cy2)):
-            p.add("box_outside_image", f"{tag} box {[x1, y1, x2, y2]} outside {w}x{h} image")
-            return None
-        p.add("box_clipped", f"{tag} box {[x1, y1, x2, y2]} clipped to {w}x{h} image")
-        x1, y1, x2, y2 = cx1, cy1, cx2, cy2
-    return Record(image_id=image_id, image_path=image_path, width=w, height=h,
-                  box=(x1, y1, x2, y2), phrase=phrase, tokens=tokens, split=split,
-                  ref_id=ref_id, sent_id=sent_id)
-
-
 def _inclusive(b: Any) -> Any:
     """An inclusive-max pixel box as continuous coordinates (max + 1)."""
     try:
@@ -232,38 +158,23 @@ def _inclusive(b: Any) -> Any:
     return [x0, y0, x1 + 1, y1 + 1]
 
 
-def _plan(splits: Sequence[str], available: Iterable[str], where: str) -> dict[str, list[str]]:
-    """Which source splits make each requested split (trainval = train + val if absent)."""
-    have = set(available)
-    plan: dict[str, list[str]] = {}
-    for s in dict.fromkeys(splits):
-        if s in have:
-            plan[s] = [s]
-        elif s == "trainval" and {"train", "val"} <= have:
-            plan[s] = ["train", "val"]
-        else:
-            raise VgkitError(f"{where}: no ReferIt split {s!r}; available: "
-                             f"{', '.join(sorted(have)) or '(none)'}")
-    return plan
-
-
-def _load_hu(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[Record], list[str]]:
+def _load_hu(root: Path, splits: Sequence[str], p: Problems) -> tuple[list[Record], list[str]]:
     base = _find("hu", root)
-    boxes = _read_json(base / "referit_bbox.json")
+    boxes = read_json(base / "referit_bbox.json")
     sizes = _Sizes(root, [base, *_bases(root)])
     avail = [f.stem.removeprefix("referit_query_") for f in base.glob("referit_query_*.json")]
     records: list[Record] = []
-    for split, sources in _plan(splits, avail, str(base)).items():
+    for split, sources in plan_splits(splits, avail, str(base)).items():
         for src in sources:
             fname = f"referit_query_{src}.json"
-            for crop_id, phrases in _read_json(base / fname).items():
+            for crop_id, phrases in read_json(base / fname).items():
                 image_id = crop_id.rsplit("_", 1)[0]
                 # The crop id names the image file: "../../etc/passwd_1" must not open it.
                 image_path = "images/" + safe_relpath(f"{image_id}.jpg",
                                                       f"{base / fname}: crop {crop_id!r}")
                 box = boxes.get(crop_id)
                 for i, phrase in enumerate(phrases if isinstance(phrases, list) else [phrases]):
-                    rec = _make_record(p, fname, image_id=image_id, image_path=image_path,
+                    rec = make_record(p, fname, image_id=image_id, image_path=image_path,
                                        size=sizes.get(image_id, image_path),
                                        box=None if box is None else _inclusive(box),
                                        phrase=phrase, split=split, ref_id=crop_id, sent_id=i)
@@ -272,31 +183,19 @@ def _load_hu(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[Reco
     return records, sizes.notes()
 
 
-def _field(d: Any, name: str) -> Any:
-    """``d[name]`` for dicts from a Python 2 pickle, whose str keys/values arrive as bytes."""
-    if not isinstance(d, dict):
-        return None
-    v = d.get(name, d.get(name.encode()))
-    return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
-
-
-def _stem(name: str) -> str:
-    return posixpath.splitext(posixpath.basename(name.replace("\\", "/")))[0]
-
-
 def _refer_crop_id(ref: dict[Any, Any], ann: dict[str, Any]) -> str | None:
-    for name in (_field(ref, "file_name"), ann.get("mask_name")):
-        if isinstance(name, str) and _CROP_ID.match(_stem(name)):
-            return _stem(name)
+    for name in (field(ref, "file_name"), ann.get("mask_name")):
+        if isinstance(name, str) and _CROP_ID.match(stem(name)):
+            return stem(name)
     return None
 
 
-def _load_refer(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[Record], list[str]]:
+def _load_refer(root: Path, splits: Sequence[str], p: Problems) -> tuple[list[Record], list[str]]:
     rdir = _find("refer", root)
     # Python 2 str arrive as bytes and are decoded as UTF-8 by _field, so that a bad
     # byte is reported for its phrase rather than silently read as latin-1.
     refs = safe_load(rdir / REFS_FILE, encoding="bytes")
-    inst = _read_json(rdir / "instances.json")
+    inst = read_json(rdir / "instances.json")
     if not isinstance(refs, list) or not isinstance(inst, dict):
         raise VgkitError(f"{rdir}: {REFS_FILE} must hold a list and instances.json an object")
     images = {str(im["id"]): im for im in inst.get("images", [])}
@@ -308,14 +207,14 @@ def _load_refer(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[R
     sizes = _Sizes(root, [rdir, *_bases(root)])
     by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ref in refs:
-        by_split[str(_field(ref, "split"))].append(ref)
+        by_split[str(field(ref, "split"))].append(ref)
     fallback = 0
     records: list[Record] = []
-    for split, sources in _plan(splits, by_split, str(rdir / REFS_FILE)).items():
+    for split, sources in plan_splits(splits, by_split, str(rdir / REFS_FILE)).items():
         for src in sources:
             for ref in by_split[src]:
-                image_id = str(_field(ref, "image_id"))
-                ann = anns.get(str(_field(ref, "ann_id")), {})
+                image_id = str(field(ref, "image_id"))
+                ann = anns.get(str(field(ref, "ann_id")), {})
                 im = images.get(image_id, {})
                 image_path = f"{image_dir}/" + safe_relpath(
                     im.get("file_name") or f"{image_id}.jpg",
@@ -323,16 +222,16 @@ def _load_refer(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[R
                 crop_id = _refer_crop_id(ref, ann)
                 if crop_id is None:
                     fallback += 1
-                    crop_id = f"{image_id}_{_field(ref, 'ann_id')}"
+                    crop_id = f"{image_id}_{field(ref, 'ann_id')}"
                 size = ((int(im["width"]), int(im["height"])) if im.get("width")
                         else sizes.get(image_id, image_path))
                 bbox = ann.get("bbox")
-                box = None if bbox is None else _xywh(bbox)
-                for i, sent in enumerate(_field(ref, "sentences") or []):
+                box = None if bbox is None else xywh_to_xyxy(bbox)
+                for i, sent in enumerate(field(ref, "sentences") or []):
                     phrase = sent if not isinstance(sent, dict) else (
-                        _field(sent, "raw") if _field(sent, "raw") is not None
-                        else _field(sent, "sent"))
-                    rec = _make_record(p, REFS_FILE, image_id=image_id, image_path=image_path,
+                        field(sent, "raw") if field(sent, "raw") is not None
+                        else field(sent, "sent"))
+                    rec = make_record(p, REFS_FILE, image_id=image_id, image_path=image_path,
                                        size=size, box=box, phrase=phrase, split=split,
                                        ref_id=crop_id, sent_id=i)
                     if rec is not None:
@@ -342,24 +241,15 @@ def _load_refer(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[R
     return records, notes + sizes.notes()
 
 
-def _xywh(b: Any) -> Any:
-    """COCO [x, y, w, h] as continuous [x1, y1, x2, y2]."""
-    try:
-        x, y, w, h = (float(v) for v in b)
-    except (TypeError, ValueError):
-        return b  # _make_record reports it
-    return [x, y, x + w, y + h]
-
-
-def _load_pth(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[Record], list[str]]:
+def _load_pth(root: Path, splits: Sequence[str], p: Problems) -> tuple[list[Record], list[str]]:
     base = _find("pth", root)
     sizes = _Sizes(root, [base, *_bases(root)])
     avail = [f.stem.removeprefix("referit_") for f in base.glob("referit_*.pth")]
     records: list[Record] = []
-    for split, sources in _plan(splits, avail, str(base)).items():
+    for split, sources in plan_splits(splits, avail, str(base)).items():
         for src in sources:
             path = base / f"referit_{src}.pth"
-            items = _load_pth_file(path)
+            items = load_pth_file(path)
             if not isinstance(items, list):
                 raise VgkitError(f"{path}: expected a list of tuples, got {type(items).__name__}")
             seen: Counter[str] = Counter()
@@ -368,38 +258,17 @@ def _load_pth(root: Path, splits: Sequence[str], p: _Problems) -> tuple[list[Rec
                     raise VgkitError(f"{path}: item {k} is not (image_file, mask_file, box, "
                                      f"phrase, ...): {item!r}")
                 image_name, mask_file, box, phrase = (str(item[0]), str(item[1]), item[2], item[3])
-                image_id, mask_stem = _stem(image_name), _stem(mask_file)
+                image_id, mask_stem = stem(image_name), stem(mask_file)
                 ref_id = mask_stem if _CROP_ID.match(mask_stem) else f"{image_id}_{mask_stem}"
                 sent_id = seen[ref_id]
                 seen[ref_id] += 1
                 image_path = "images/" + safe_relpath(image_name, f"{path}: item {k}")
-                rec = _make_record(p, path.name, image_id=image_id, image_path=image_path,
+                rec = make_record(p, path.name, image_id=image_id, image_path=image_path,
                                    size=sizes.get(image_id, image_path), box=_inclusive(box),
                                    phrase=phrase, split=split, ref_id=ref_id, sent_id=sent_id)
                 if rec is not None:
                     records.append(rec)
     return records, sizes.notes()
-
-
-def _load_pth_file(path: Path) -> Any:
-    """A torch.save'd list of plain tuples, never running code from the file."""
-    # torch.load(weights_only=True) unpickles in pure Python (~4 s for a 60k-item
-    # file); the same plain data read by the C-speed safe_pickle takes a fraction
-    # of that. Anything else (tensors, legacy format) goes to torch's loader.
-    try:
-        with zipfile.ZipFile(path) as z:
-            pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if len(pkl) == 1:
-                return safe_loads(z.read(pkl[0]), encoding="utf-8")
-    except (zipfile.BadZipFile, VgkitError):
-        pass
-    import torch
-
-    try:
-        return torch.load(path, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise VgkitError(f"{path}: cannot load as a weights-only torch file: {first}") from None
 
 
 _LOADERS = {"hu": _load_hu, "refer": _load_refer, "pth": _load_pth}
@@ -416,7 +285,7 @@ def load_referit(root: str | os.PathLike[str], format: str = "auto",
         raise UnknownNameError("ReferIt format", fmt, [*FORMATS, "auto"])
     if isinstance(splits, str):
         splits = (splits,)
-    problems = _Problems(strict)
+    problems = Problems(strict)
     records, notes = _LOADERS[fmt](r, list(splits), problems)
     meta: dict[str, Any] = {"format": fmt, "root": str(r.resolve()),
                             "problems": problems.as_meta(), "notes": notes}

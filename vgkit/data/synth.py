@@ -25,7 +25,8 @@ from vgkit.data.index import DatasetIndex, Record
 from vgkit.data.synth_lang import COLOURS, SHAPES, SIZES, SceneObject, candidates, choose
 from vgkit.data.validate import image_file
 from vgkit.errors import VgkitError
-from vgkit.fsutil import folder_lock
+from vgkit.fsutil import atomic_write_text, folder_lock
+from vgkit.progress import progress_bar
 from vgkit.text import tokenize
 
 # Bump whenever a change alters the output, so ensure_synthetic regenerates.
@@ -167,11 +168,10 @@ def _params(n_images: int, seed: int, image_size: tuple[int, int], splits: tuple
 
 
 def _progress(items: range, enabled: bool, what: str) -> Iterator[int]:
-    if not enabled:
-        yield from items
-        return
-    from rich.progress import track  # imported lazily: only the interactive path needs it
-    yield from track(items, description=what, transient=False)
+    with progress_bar(what, len(items), "images", enabled=enabled) as advance:
+        for i in items:
+            yield i
+            advance()
 
 
 def generate(out_dir: str | os.PathLike[str], n_images: int, seed: int = 0,
@@ -201,8 +201,7 @@ def generate(out_dir: str | os.PathLike[str], n_images: int, seed: int = 0,
             records += _expressions(image_id, objs, (w, h), split_of[i], rng)
         index = DatasetIndex(records, name="synthetic", source="synth",
                              meta=_params(n_images, seed, (w, h), tuple(splits)))
-        (root / f".{SCENES_FILE}.tmp").write_text("".join(json.dumps(s) + "\n" for s in scenes))
-        os.replace(root / f".{SCENES_FILE}.tmp", root / SCENES_FILE)
+        atomic_write_text(root / SCENES_FILE, "".join(json.dumps(s) + "\n" for s in scenes))
         index.save(root)
         return index
 

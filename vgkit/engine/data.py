@@ -128,11 +128,18 @@ class DataBundle:
         train = self.index.split(d.train_split)
         return Vocabulary.build([r.tokens for r in train], min_count=d.min_count)
 
-    def embeddings(self, dim: int) -> Tensor | None:
-        """The embedding matrix named by ``data.embeddings`` ("random": the encoder's own init)."""
+    def embeddings(self, dim: int | None) -> Tensor | None:
+        """The embedding matrix named by ``data.embeddings`` ("random": the encoder's own init).
+
+        `dim` is the size the text encoder declares; None for an encoder that reads none.
+        """
         spec = self.recipe.data.embeddings
         if spec == "random":
             return None
+        if dim is None:
+            raise VgkitError(f"data.embeddings={spec!r}: the text encoder "
+                             f"{self.recipe.model.text_encoder.name!r} reads no word vectors "
+                             "(it declares no embedding_dim); set data.embeddings=random")
         from vgkit.data.embeddings import load_embeddings
 
         path = self.resolve(spec, "data.embeddings", env="VGKIT_EMBEDDINGS")
@@ -212,7 +219,7 @@ class DataBundle:
         ids = self.split(split).image_ids[:max_images]
         maps = self.cache.get(self.cache.rows(ids)).float()  # [I, C, h, w]
         std = maps.std((0, 2, 3))
-        # nearly-dead relu channels (std ~1e-4 in a random VGG16) would otherwise turn
+        # nearly-dead relu channels (std ~1e-4 in a random-init CNN) would otherwise turn
         # rare activations into outliers of x100: floor their std at a tenth of the median
         return maps.mean((0, 2, 3)), std.clamp(min=max(0.1 * std.median().item(), 1e-6))
 

@@ -1,8 +1,9 @@
-"""Why a prediction failed: buckets in the spirit of the paper's Table 5, from the model's outputs.
+"""Why a prediction failed: buckets read off the model's own outputs.
 
-Endo et al. (§4.5, Table 5) sorted 100 wrong predictions by hand; the two causes
-that can be read off the model itself are "image attention" (84) and "incoherent
-bounding box prediction" (55). Here every failure (IoU < 0.5) gets exactly one
+Error analyses of attention models sort wrong predictions by hand; the two
+causes that can be read off the model itself are a wrong image attention and a
+box incoherent with a right attention (docs/reproduction.md compares with a
+published hand analysis). Here every failure (IoU < 0.5) gets exactly one
 bucket, the first that applies in this order:
 
 1. ``image attention``: less than half of alpha_I's mass lies inside the

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from vgkit.data.index import Record
 from vgkit.engine.evaluate import IoUConvention, Predictions, gt_boxes, ious, summarize
+from vgkit.fsutil import atomic_write_text
 from vgkit.text import tokenize
 
 THRESHOLD = 0.5
@@ -126,11 +127,5 @@ def write_predictions(preds: Predictions, path: str | os.PathLike[str],
                       convention: IoUConvention = "continuous",
                       errors: Sequence[str | None] | None = None) -> Path:
     """Write one JSON line per expression (boxes xyxy, continuous original pixels)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in prediction_rows(preds, convention, errors):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, p)
-    return p
+    return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                           for row in prediction_rows(preds, convention, errors)))

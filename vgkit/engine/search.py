@@ -1,23 +1,23 @@
-"""Random search over the hyper-parameter ranges of Table 1 (Endo et al., IJCAI 2017, §4.2).
+"""Random search over the hyper-parameter ranges a recipe declares (``search`` in the recipe).
 
-The paper picked its final values by random search over the ranges of its
-Table 1, "the size of each hidden layer sampled by increment of 50". :data:`SPACE`
-is that table, one row per hyper-parameter, with the recipe keys each row sets.
+A recipe's ``[[search]]`` tables are its search space: one range per
+hyper-parameter (low, high, step), with the recipe keys each range sets and,
+where its source says, the value it settled on.
 
-Trial k's values depend only on (seed, k): every range is drawn in table order
-whether or not the recipe has its keys, so the same seed gives the same values
-to the keys two recipes share. A trial sets only the keys its recipe has (a
-recipe without text attention gets no text-attention keys). Each trial is a
-normal training run in ``DIR/trial-NNN``; ``DIR/trials.jsonl`` gets one line per
-finished trial and ``DIR/search.json`` the settings and the ranked results, so
-running the same command again skips finished trials and resumes an unfinished
-one from its last checkpoint.
+Trial k's values depend only on (seed, k): every range is drawn in the order the
+recipe lists them whether or not the recipe has its keys, so the same seed gives
+the same values to the keys two recipes share (variants inherit the space through
+``extends``). A trial sets only the keys its recipe has (a variant without a
+component gets none of that component's keys). Each trial is a normal training
+run in ``DIR/trial-NNN``; ``DIR/trials.jsonl`` gets one line per finished trial
+and ``DIR/search.json`` the settings and the ranked results, so running the same
+command again skips finished trials and resumes an unfinished one from its last
+checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -26,64 +26,24 @@ from pathlib import Path
 from typing import Any
 
 from vgkit.errors import VgkitError
-from vgkit.recipe import Recipe, has_path, load_recipe
+from vgkit.fsutil import atomic_write_text
+from vgkit.recipe import Recipe, SearchRange, has_path, load_recipe
 from vgkit.registry import Registry
 
 
-@dataclass(frozen=True)
-class Range:
-    """One row of Table 1: values low, low + step, ..., high, written to every key the recipe has."""
-
-    label: str  # Table 1's wording
-    short: str  # column heading
-    keys: tuple[str, ...]  # recipe keys (``--set`` paths) that take the sampled value
-    low: float
-    high: float
-    step: float
-    paper: float  # Table 1's final value
-
-    def values(self) -> list[float | int]:
-        """Every value of the range, in order."""
-        n = round((self.high - self.low) / self.step)
-        integral = float(self.step).is_integer() and float(self.low).is_integer()
-        return [int(self.low + k * self.step) if integral else round(self.low + k * self.step, 6)
-                for k in range(n + 1)]
-
-
-# Endo et al., IJCAI 2017, Table 1 (range column). Dropout: the paper gives one rate for
-# every MLP and no step; we draw it in steps of 0.01.
-SPACE: tuple[Range, ...] = (
-    Range("LSTM layers", "LSTM L", ("model.text_encoder.layers",), 1, 3, 1, 1),
-    Range("Hidden size of image attention model", "IA h",
-          ("model.attention.image-attention.hidden",), 100, 800, 50, 750),
-    Range("Layers of image attention model", "IA L",
-          ("model.attention.image-attention.layers",), 1, 3, 1, 3),
-    Range("Hidden size of text attention model", "TA h",
-          ("model.attention.text-attention.hidden",), 100, 500, 50, 500),
-    Range("Layers of text attention model", "TA L",
-          ("model.attention.text-attention.layers",), 1, 3, 1, 1),
-    Range("Hidden size of region prediction model", "RP h", ("model.head.hidden",),
-          100, 500, 50, 450),
-    Range("Layers of region prediction model", "RP L", ("model.head.layers",), 1, 3, 1, 2),
-    Range("Dropout", "dropout", ("model.attention.image-attention.dropout",
-                                 "model.attention.text-attention.dropout", "model.head.dropout"),
-          0.5, 0.8, 0.01, 0.6),
-)
-
-
-def sample(seed: int, trial: int, space: Sequence[Range] = SPACE) -> dict[str, float | int]:
+def sample(seed: int, trial: int, space: Sequence[SearchRange]) -> dict[str, float | int]:
     """Trial `trial`'s value of every range (by label), drawn from (seed, trial) alone."""
     rng = random.Random(f"vgkit-search/{seed}/{trial}")
     return {r.label: rng.choice(r.values()) for r in space}
 
 
 def trial_overrides(resolved: dict[str, Any], values: dict[str, float | int],
-                    space: Sequence[Range] = SPACE) -> dict[str, float | int]:
+                    space: Sequence[SearchRange]) -> dict[str, float | int]:
     """``{key: value}`` for the sampled values whose keys the recipe has."""
     return {k: values[r.label] for r in space for k in r.keys if has_path(resolved, k)}
 
 
-def searched(resolved: dict[str, Any], space: Sequence[Range] = SPACE) -> list[Range]:
+def searched(resolved: dict[str, Any], space: Sequence[SearchRange]) -> list[SearchRange]:
     """The ranges of `space` that set at least one key of the recipe."""
     return [r for r in space if any(has_path(resolved, k) for k in r.keys)]
 
@@ -112,7 +72,9 @@ class Search:
 
     def trial_recipe(self, trial: int, registry: Registry) -> tuple[Recipe, dict[str, Any]]:
         """Trial `trial`'s validated recipe and the ``{key: value}`` it sets."""
-        keys = trial_overrides(self.base(registry).resolved(registry), sample(self.seed, trial))
+        base = self.base(registry)
+        keys = trial_overrides(base.resolved(registry), sample(self.seed, trial, base.search),
+                               base.search)
         sets = [*self.sets, *self._extra(), *(f"{k}={v}" for k, v in keys.items())]
         return load_recipe(self.recipe, sets, registry=registry), keys
 
@@ -140,16 +102,11 @@ class Search:
                                  f"not {value!r}; re-run it with the same settings or choose "
                                  "another --out")
 
-    def write_summary(self, results: list[dict[str, Any]], space: Sequence[Range]) -> Path:
+    def write_summary(self, results: list[dict[str, Any]], space: Sequence[SearchRange]) -> Path:
         """search.json: the settings, the searched ranges and the results, best first."""
-        table = [{"label": r.label, "keys": list(r.keys), "low": r.low, "high": r.high,
-                  "step": r.step, "paper": r.paper} for r in space]
+        table = [r.model_dump() for r in space]
         data = {"settings": self.settings(), "space": table, "trials": ranked(results)}
-        path = self.out / "search.json"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(self.out / "search.json", json.dumps(data, indent=2) + "\n")
 
 
 def ranked(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -170,14 +127,18 @@ def run_search(search: Search, trials: int, registry: Registry, *, device: str =
         raise VgkitError(f"--trials must be at least 1, got {trials}")
     search.check_settings()
     search.out.mkdir(parents=True, exist_ok=True)
-    space = searched(search.base(registry).resolved(registry))
+    base = search.base(registry)
+    if not base.search:
+        raise VgkitError(f"recipe {base.name!r} declares no search space: add [[search]] "
+                         "tables (label, short, keys, low, high, step) to it")
+    space = searched(base.resolved(registry), base.search)
     done = search.finished()
     search.write_summary(list(done.values()), space)  # the settings, before any training
     for trial in range(1, trials + 1):
         if trial in done:
             continue
         recipe, keys = search.trial_recipe(trial, registry)
-        drawn = sample(search.seed, trial)
+        drawn = sample(search.seed, trial, base.search)
         values = {r.label: drawn[r.label] for r in space}
         run = search.run_dir(trial)
         resumed = (run / "checkpoints" / "last.safetensors").is_file()
@@ -187,10 +148,10 @@ def run_search(search: Search, trials: int, registry: Registry, *, device: str =
         if on_trial:
             on_trial(trial, keys, resumed)
         tick = time.perf_counter()
-        trainer = Trainer(recipe, registry, run, device=device, progress=progress)
-        if resumed:
-            trainer.resume()
-        state = trainer.fit()
+        with Trainer(recipe, registry, run, device=device, progress=progress) as trainer:
+            if resumed:
+                trainer.resume()
+            state = trainer.fit()
         best = max(state.history, key=lambda h: h["acc@0.5"])
         row = {"trial": trial, "run": run.name, "values": values, "set": keys,
                "val_acc@0.5": best["acc@0.5"], "val_miou": best["miou"],

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
@@ -31,6 +30,7 @@ from vgkit.engine.evaluate import accuracy, predict
 from vgkit.errors import VgkitError
 from vgkit.fsutil import folder_lock
 from vgkit.model import GroundingModel, build_model, compute_loss
+from vgkit.progress import progress_bar
 from vgkit.recipe import OptimConfig, Recipe
 from vgkit.registry import Registry
 from vgkit.text import Vocabulary
@@ -80,9 +80,9 @@ class Trainer:
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.data = DataBundle(recipe, registry, progress=self.progress)
-        emb_dim = recipe.model.text_encoder.options().get("embedding_dim", 300)
         model, self.loss = build_model(recipe, registry, vocab=self.data.vocab,
-                                       embeddings=self.data.embeddings(emb_dim))
+                                       embeddings=self.data.embeddings(
+                                           embedding_dim(recipe, registry)))
         self.model: GroundingModel = model
         if model.blind:
             self.data.text_only()
@@ -122,7 +122,7 @@ class Trainer:
         self.close()
 
     def _departures(self) -> None:
-        """The recipe's documented departures from the paper, applied before training."""
+        """The recipe's departures (model.feature_norm, model.init_bias), applied before training."""
         m = self.recipe.model
         if m.feature_norm == "channel":
             if self.data.cache is None:
@@ -218,9 +218,8 @@ class Trainer:
         amp = self.device.type == "cuda"
         steps_per_epoch = len(self._epoch_batches(0))
         total = steps_per_epoch * t.epochs
-        with _progress(self.progress) as bar:
-            task = bar.add_task("train", total=total, completed=self.state.global_step,
-                                loss=float("nan"), rate=0.0)
+        with progress_bar("train", total, "steps", done=self.state.global_step,
+                          enabled=self.progress) as advance:
             try:
                 while self.state.epoch < t.epochs:
                     batches = self._epoch_batches(self.state.epoch)
@@ -250,7 +249,7 @@ class Trainer:
                         self.state.global_step += 1
                         seen += len(b.idx) * info.world
                         rate = seen / max(time.perf_counter() - tick, 1e-9)
-                        bar.update(task, advance=1, loss=res.total.item(), rate=rate)
+                        advance(1, loss=res.total.item(), **{"samples/s": rate})
                         if self.state.global_step % t.log_every == 0:
                             log.write(event="train", epoch=self.state.epoch + 1,
                                       step=self.state.global_step, loss=res.total.item(),
@@ -286,6 +285,27 @@ class Trainer:
             if improved:
                 self.save("best")
         barrier()
+
+
+def check_run_dir(run: Path, resume: bool) -> None:
+    """Refuse to train into a folder that holds a run (unless resuming), or to resume nothing."""
+    last = run / "checkpoints" / "last.safetensors"
+    if last.is_file() and not resume:
+        raise VgkitError(f"{run} already holds a run; add --resume to continue it or choose "
+                         "another --out")
+    if resume and not last.is_file():
+        raise VgkitError(f"--resume: no checkpoint in {run / 'checkpoints'}")
+
+
+def embedding_dim(recipe: Recipe, registry: Registry) -> int | None:
+    """The word-vector size the recipe's text encoder declares (its ``embedding_dim`` option).
+
+    None: the encoder reads no word vectors (it has its own tokenizer and weights).
+    """
+    enc = recipe.model.text_encoder
+    dim = getattr(registry.get("text_encoder", enc.name).make_options(enc.options()),
+                  "embedding_dim", None)
+    return int(dim) if dim is not None else None
 
 
 def lr_at(optim: OptimConfig, step: int, total: int) -> float:
@@ -368,11 +388,3 @@ class _Log:
             self.f.close()
             if self.tb is not None:
                 self.tb.close()
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total} steps"),
-                    TextColumn("loss {task.fields[loss]:.4f}"),
-                    TextColumn("{task.fields[rate]:.0f} samples/s"), TimeRemainingColumn(),
-                    disable=not enabled)

@@ -1,4 +1,4 @@
-"""The paper's Figure 4 for one expression, and an HTML gallery of right and wrong ones.
+"""The figure of one expression (image, boxes, attention, words), and an HTML gallery of many.
 
 Left: the ORIGINAL image with the ground-truth box (red) and the predicted box
 (yellow). Right: the image attention alpha_I over the same image as a heat
@@ -32,6 +32,7 @@ from vgkit.engine.data import DataBundle
 from vgkit.engine.evaluate import IoUConvention, Predictions
 from vgkit.engine.report import THRESHOLD, prediction_ious
 from vgkit.errors import VgkitError
+from vgkit.fsutil import atomic_write_text
 from vgkit.text import tokenize
 
 GT_COLOUR = (230, 30, 30)
@@ -145,7 +146,7 @@ def render_figure(image: Image.Image, phrase: str, pred_box: Sequence[float], *,
                   grid: tuple[int, int] | None = None, transform: ImageTransform | None = None,
                   alpha_T: Tensor | None = None, iou: float | None = None,
                   long_side: int = 360) -> Image.Image:
-    """Figure 4 for one expression; boxes are xyxy in ORIGINAL pixels."""
+    """The figure of one expression; boxes are xyxy in ORIGINAL pixels."""
     W0, H0 = image.size
     scale = long_side / max(W0, H0)
     size = (max(1, round(W0 * scale)), max(1, round(H0 * scale)))
@@ -204,7 +205,7 @@ def render_figure(image: Image.Image, phrase: str, pred_box: Sequence[float], *,
 def figure_for(preds: Predictions, i: int, bundle: DataBundle, *,
                grid: tuple[int, int] | None = None,
                convention: IoUConvention = "continuous") -> Image.Image:
-    """Figure 4 of expression `i` of `preds` (its image read from the bundle's dataset root)."""
+    """The figure of expression `i` of `preds` (its image read from the bundle's dataset root)."""
     r = preds.exprs.records[i]
     iou = float(prediction_ious(preds, convention)[i])
     return _figure(preds, i, bundle, _read(bundle, r.image_path), iou, grid)
@@ -246,7 +247,7 @@ def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.Path
                   n: int = 24, seed: int = 0, *, grid: tuple[int, int] | None = None,
                   convention: IoUConvention = "continuous",
                   buckets: Sequence[str | None] | None = None) -> Path:
-    """Figure-4 PNGs of a seeded sample of correct and wrong predictions, index.html and index.json.
+    """Figure PNGs of a seeded sample of correct and wrong predictions, index.html and index.json.
 
     With `buckets` (a failure bucket per expression, see vgkit.engine.errors) the wrong
     ones are sampled across the buckets and grouped under one heading each.
@@ -301,7 +302,7 @@ def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.Path
             f"<h1>{html.escape(title)}</h1><p>IoU convention: {convention}. Red box: ground "
             "truth; yellow: prediction; attention red high, blue low.</p>\n"
             + "\n".join(sections) + "\n")
-    (out / "index.html").write_text(page, encoding="utf-8")
-    (out / "index.json").write_text(json.dumps(listing, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out / "index.html", page)
+    atomic_write_text(out / "index.json", json.dumps(listing, indent=1) + "\n")
     return out / "index.html"
 

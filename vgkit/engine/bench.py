@@ -1,0 +1,59 @@
+"""The numbers behind ``vgkit bench``: published results the recipes declare, and checkpoint rows.
+
+The core holds no published number itself: each one comes from a recipe's
+``[[reported]]`` tables (see :class:`vgkit.recipe.Reported`), so a new plugin set
+gets benchmark rows by declaring them in its recipes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from vgkit.errors import VgkitError
+from vgkit.recipe import load_recipe
+from vgkit.registry import Registry
+
+
+def published(registry: Registry, dataset: str | None = None,
+              split: str | None = None) -> list[dict[str, Any]]:
+    """Every published Acc@0.5 the registered recipes declare (for one dataset and split)."""
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for comp in registry.components("recipe"):
+        try:
+            recipe = load_recipe(comp.name, registry=registry)
+        except VgkitError as exc:  # said, not silently skipped: its numbers are missing
+            warnings.warn(f"recipe {comp.name!r} from plugin {comp.plugin!r} is not shown: {exc}",
+                          stacklevel=2)
+            continue
+        for r in recipe.reported:
+            if r.metric != "acc@0.5" or dataset not in (None, r.dataset) \
+                    or split not in (None, r.split):
+                continue
+            key = (r.source, r.setting, r.method, r.dataset, r.split, r.value)
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append({"source": r.source, "setting": r.setting,
+                         "method": r.method or None, "recipe": None if r.method else recipe.name,
+                         "dataset": r.dataset, "split": r.split, "acc@0.5": r.value / 100})
+    return rows
+
+
+def bench_row(checkpoint: Path, ev: Any, metrics: dict[str, Any], memory: tuple[int, str],
+              dataset: str) -> dict[str, Any]:
+    """One evaluated checkpoint's row, beside the number its recipe declares for that split."""
+    own = ev.recipe.own_reported(dataset=dataset, split=ev.split)
+    ref = own[0] if own else None
+    return {"checkpoint": str(checkpoint), "recipe": ev.recipe.name, "dataset": dataset,
+            "split": ev.split,
+            "reported_acc@0.5": ref.value / 100 if ref else None,
+            "reported_setting": ref.setting if ref else None,
+            "reported_source": ref.source if ref else None,
+            "acc@0.5": metrics["acc@0.5"], "miou": metrics["miou"], "n": metrics["n"],
+            "scored": metrics["scored"],
+            "refs_per_s": metrics["scored"] / max(ev.seconds, 1e-9), "seconds": ev.seconds,
+            "peak_memory_bytes": memory[0], "peak_memory_kind": memory[1],
+            "device": str(ev.device)}

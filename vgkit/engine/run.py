@@ -1,0 +1,97 @@
+"""A trained run as a whole: its folder, its model rebuilt, evaluated on a split.
+
+The library side of ``vgkit eval`` and ``vgkit bench`` (and of
+:meth:`vgkit.Grounder.evaluate`): the command line only prints what these return.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vgkit.errors import VgkitError
+
+
+@dataclass
+class Evaluated:
+    """One checkpoint evaluated on one split."""
+
+    model: Any
+    recipe: Any
+    bundle: Any
+    preds: Any
+    split: str
+    own_dataset: bool  # the dataset the run was trained on (no --dataset to another)
+    seconds: float  # the predict call alone
+    device: torch.device
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory of a run directory or of a checkpoint file inside one."""
+    return checkpoint.parent.parent if checkpoint.is_file() else checkpoint
+
+
+def retarget(recipe: Any, registry: Any, dataset: str | None, root: Path | None) -> Any:
+    """The recipe evaluated on another dataset and/or root (vocabulary stays the checkpoint's)."""
+    if not dataset and not root:
+        return recipe
+    from vgkit.recipe import validate_recipe
+
+    data = recipe.model_dump(mode="json")
+    if dataset and dataset != recipe.data.dataset.name:
+        # another dataset's options and root do not carry over
+        data["data"]["dataset"], data["data"]["root"] = {"name": dataset}, None
+    if root:
+        data["data"]["root"] = str(root)
+    return validate_recipe(data, registry, source="--dataset/--root")
+
+
+def evaluate_checkpoint(checkpoint: Path, *, which: str = "best", dataset: str | None = None,
+                        root: Path | None = None, split: str = "test", batch_size: int | None = None,
+                        device: str = "auto", progress: bool = True,
+                        cache_dir: Path | None = None) -> Evaluated:
+    """Rebuild a run's model and data and predict every expression of `split`."""
+    from vgkit.distributed import DistInfo, device_for
+    from vgkit.engine.data import DataBundle
+    from vgkit.engine.evaluate import predict
+    from vgkit.engine.train import load_trained
+    from vgkit.plugins import get_registry
+
+    if which not in ("best", "last"):
+        raise VgkitError(f"--which {which!r}: choose best or last")
+    dev = device_for(DistInfo(), device)
+    registry = get_registry()
+    model, recipe, vocab, _ = load_trained(checkpoint, registry, which=which, device=dev)
+    own = not dataset or dataset == recipe.data.dataset.name
+    recipe = retarget(recipe, registry, dataset, root)
+    bundle = DataBundle(recipe, registry, vocab=vocab, progress=progress)
+    if model.blind:
+        bundle.text_only()
+    elif model.backbone.frozen:
+        bundle.attach_cache(model.backbone, device=dev, dist_info=DistInfo(),
+                            workers=recipe.train.workers,
+                            cache_dir=str(cache_dir) if cache_dir else None)
+    exprs = bundle.split(split)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    tick = time.perf_counter()
+    preds = predict(model, bundle, exprs, batch_size=batch_size or recipe.train.eval_batch_size,
+                    device=dev, keep_attention=True)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return Evaluated(model, recipe, bundle, preds, split, own, time.perf_counter() - tick, dev)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what was measured): CUDA peak allocation, else the process's peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "process peak RSS"
