@@ -17,7 +17,7 @@ app = typer.Typer(help="Inspect local pretrained weights files.", no_args_is_hel
 @user_errors
 def inspect(
     file: str = typer.Argument(..., help="A .pth/.pt/.bin/.safetensors file, or pkg:NAME."),
-    backbone: str = typer.Option(None, help="Match it against this backbone (vgg16, timm:NAME)."),
+    backbone: str = typer.Option(None, help="Match it against this registered backbone."),
 ) -> None:
     """Say which layout a weights file has and, with --backbone, how many tensors match."""
     from pathlib import Path

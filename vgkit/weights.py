@@ -4,9 +4,9 @@ A file is read without running code (``.safetensors``, or ``.pth``/``.pt``/``.bi
 with ``torch.load(weights_only=True)``), unwrapped (``state_dict``, ``model``,
 ``model_ema``...), and its names are mapped onto a target module:
 
-* **timm** / **torchvision**: names already match (timm's VGG16 keeps torchvision's
-  ``features.N``); a ``features_only`` model's flattened ``features_28`` is found as
-  ``features.28``.
+* **timm** / **torchvision**: names already match (timm keeps torchvision's
+  ``features.N`` for the models it ports); a ``features_only`` model's flattened
+  ``features_28`` is found as ``features.28``.
 * **lukemelas** EfficientNet-PyTorch (``_conv_stem``, ``_blocks.N._depthwise_conv``...):
   renamed to timm's EfficientNet names, the flat block N matched to timm's N-th
   ``blocks.S.I`` (``_lukemelas_to_timm``).
