@@ -84,29 +84,26 @@ def build_referit(opts: ReferItOptions, *, root: Path) -> DatasetIndex:
     """ReferIt (Hu et al.'s split) from any of its three forms, or a prepared index."""
     from vgkit.data.referit import load_referit
 
-    index_dir = Path(opts.index) if opts.index else root / "vgkit-index"
+    return _prepared(opts.index, root, "ReferIt") or load_referit(root, format=opts.format)
+
+
+def _prepared(index: str | None, root: Path, what: str) -> DatasetIndex | None:
+    """The prepared index (`index`, default ROOT/vgkit-index) if there is one, else None;
+    without one, `root` must exist for the raw annotations to be read."""
+    index_dir = Path(index) if index else root / "vgkit-index"
     if (index_dir / "manifest.json").is_file():
         return DatasetIndex.load(index_dir)
     if not root.exists():
-        raise VgkitError(f"ReferIt root {root} does not exist (set data.root=PATH)")
-    return load_referit(root, format=opts.format)
-
-
-def _prepared(index: str | None, root: Path) -> DatasetIndex | None:
-    index_dir = Path(index) if index else root / "vgkit-index"
-    return DatasetIndex.load(index_dir) if (index_dir / "manifest.json").is_file() else None
+        raise VgkitError(f"{what} root {root} does not exist (set data.root=PATH)")
+    return None
 
 
 def _refcoco_builder(name: str):  # type: ignore[no-untyped-def]
     def build(opts: RefCocoOptions, *, root: Path) -> DatasetIndex:
         from vgkit.data.refcoco import load_refcoco
 
-        prepared = _prepared(opts.index, root)
-        if prepared is not None:
-            return prepared
-        if not root.exists():
-            raise VgkitError(f"{name} root {root} does not exist (set data.root=PATH)")
-        return load_refcoco(root, name, opts.format, opts.split_by, image_dir=opts.image_dir)
+        return _prepared(opts.index, root, name) or load_refcoco(
+            root, name, opts.format, opts.split_by, image_dir=opts.image_dir)
 
     build.__doc__ = f"{name} in its refer or one-stage pth form, or a prepared index."
     return build
@@ -116,12 +113,8 @@ def build_flickr30k(opts: Flickr30kOptions, *, root: Path) -> DatasetIndex:
     """Flickr30k Entities from one-stage pth files, or a prepared index."""
     from vgkit.data.refcoco import load_flickr30k
 
-    prepared = _prepared(opts.index, root)
-    if prepared is not None:
-        return prepared
-    if not root.exists():
-        raise VgkitError(f"flickr30k root {root} does not exist (set data.root=PATH)")
-    return load_flickr30k(root, image_dir=opts.image_dir)
+    return _prepared(opts.index, root, "flickr30k") or load_flickr30k(
+        root, image_dir=opts.image_dir)
 
 
 @hookimpl

@@ -52,6 +52,15 @@ class ExprSet:
     sizes: Tensor  # [n, 2] original (width, height)
     excluded: list[tuple[Record, str]] = field(default_factory=list)  # (record, reason)
 
+    @classmethod
+    def of(cls, records: list[Record], target: Tensor, sizes: Tensor,
+           excluded: list[tuple[Record, str]]) -> ExprSet:
+        """An ExprSet over `records`, its distinct images and `image_of` derived from them."""
+        ids = sorted({r.image_id for r in records})
+        where = {i: k for k, i in enumerate(ids)}
+        return cls(records, ids, torch.tensor([where[r.image_id] for r in records],
+                                              dtype=torch.long), target, sizes, excluded)
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -62,14 +71,9 @@ class ExprSet:
     def without(self, drop: set[int], reason: str) -> ExprSet:
         """This set less the expressions at positions `drop`, which join ``excluded``."""
         keep = [i for i in range(len(self)) if i not in drop]
-        ids = sorted({self.image_ids[int(self.image_of[i])] for i in keep})
-        where = {i: k for k, i in enumerate(ids)}
         t = torch.tensor(keep, dtype=torch.long)
-        return ExprSet([self.records[i] for i in keep], ids,
-                       torch.tensor([where[self.records[i].image_id] for i in keep],
-                                    dtype=torch.long),
-                       self.target[t], self.sizes[t],
-                       self.excluded + [(self.records[i], reason) for i in sorted(drop)])
+        return ExprSet.of([self.records[i] for i in keep], self.target[t], self.sizes[t],
+                          self.excluded + [(self.records[i], reason) for i in sorted(drop)])
 
 
 @dataclass
@@ -204,13 +208,10 @@ class DataBundle:
             if unknown and self.progress:  # kept (a test set must stay whole), but said
                 warnings.warn(f"split {name!r}: {unknown:,} of {len(recs):,} phrases have only "
                               "words outside the vocabulary (they read as <unk>)", stacklevel=2)
-            ids = sorted({r.image_id for r in recs})
-            where = {i: k for k, i in enumerate(ids)}
             sizes = torch.tensor([[r.width, r.height] for r in recs], dtype=torch.float32)
             boxes = torch.tensor([r.box for r in recs], dtype=torch.float32)
             target = self.transform.box_to_input(boxes, sizes[:, 0], sizes[:, 1])
-            self._splits[name] = ExprSet(recs, ids, torch.tensor([where[r.image_id] for r in recs]),
-                                         target, sizes, excluded)
+            self._splits[name] = ExprSet.of(recs, target, sizes, excluded)
         return self._splits[name]
 
     def feature_stats(self, split: str, max_images: int = 512) -> tuple[Tensor, Tensor]:
