@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -39,7 +39,10 @@ def check_phrase(model: Any, phrase: str) -> None:
                       stacklevel=2)
 
 
-ImageLike = Any  # a path (str or os.PathLike), a PIL image, or an HxWx3 uint8 numpy array
+# a path (str or os.PathLike), a PIL image, or an HxWx3 uint8 numpy array
+ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray
+ImageList = list[ImageLike] | tuple[ImageLike, ...]  # a batch of images
+PhraseList = list[str] | tuple[str, ...]  # a batch of phrases
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,18 @@ class Grounder:
     def __repr__(self) -> str:
         return f"Grounder({self.recipe.name!r} from {str(self.run)!r} on {self.device})"
 
-    def predict(self, image: ImageLike | Sequence[ImageLike], phrase: str | Sequence[str], *,
+    @overload
+    def predict(self, image: ImageLike, phrase: str, *, batch_size: int = 32) -> Prediction: ...
+
+    @overload
+    def predict(self, image: ImageList, phrase: str | PhraseList, *,
+                batch_size: int = 32) -> list[Prediction]: ...
+
+    @overload
+    def predict(self, image: ImageLike, phrase: PhraseList, *,
+                batch_size: int = 32) -> list[Prediction]: ...
+
+    def predict(self, image: ImageLike | ImageList, phrase: str | PhraseList, *,
                 batch_size: int = 32) -> Prediction | list[Prediction]:
         """Ground `phrase` in `image`; lists give one Prediction per (image, phrase) pair.
 
@@ -101,7 +115,7 @@ class Grounder:
         Each distinct image is run through the backbone once.
         """
         single = not isinstance(image, list | tuple) and isinstance(phrase, str)
-        images = list(image) if isinstance(image, list | tuple) else [image]
+        images: list[ImageLike] = list(image) if isinstance(image, list | tuple) else [image]
         phrases = [phrase] if isinstance(phrase, str) else list(phrase)
         if len(images) == 1 and len(phrases) > 1:
             images = images * len(phrases)

@@ -12,9 +12,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vgkit.boxes import convert, to_xyxy
+from vgkit.boxes import BoxFormat, convert, to_xyxy
 from vgkit.errors import VgkitError
-from vgkit.interfaces import FeatureSpec, GroundingState, LossOutput, TextInputs
+from vgkit.interfaces import (
+    Backbone,
+    FeatureSpec,
+    GroundingState,
+    Head,
+    Loss,
+    LossOutput,
+    TextEncoder,
+    TextInputs,
+)
 from vgkit.recipe import Recipe
 from vgkit.registry import Registry
 from vgkit.text import Vocabulary
@@ -42,8 +51,14 @@ class GroundingOutput:
 class GroundingModel(nn.Module):
     """A backbone, a text encoder, a chain of attention modules and a head."""
 
-    def __init__(self, backbone: nn.Module, text_encoder: nn.Module, attention: list[nn.Module],
-                 head: nn.Module, spec: FeatureSpec) -> None:
+    backbone: Backbone
+    text_encoder: TextEncoder
+    head: Head
+    feat_mean: Tensor
+    feat_std: Tensor
+
+    def __init__(self, backbone: Backbone, text_encoder: TextEncoder, attention: list[nn.Module],
+                 head: Head, spec: FeatureSpec) -> None:
         super().__init__()
         self.backbone, self.text_encoder, self.head = backbone, text_encoder, head
         self.attention = nn.ModuleList(attention)
@@ -82,8 +97,11 @@ class GroundingModel(nn.Module):
             image_index = None
         elif (images is None) == (features is None):
             raise VgkitError("GroundingModel: give exactly one of images= or features=")
+        elif features is None:
+            assert images is not None  # exactly one of the two is given
+            V_map = self.encode_image(images)
         else:
-            V_map = self.encode_image(images) if features is None else features
+            V_map = features
         if tuple(V_map.shape[-2:]) != self.spec.grid or V_map.shape[1] != self.spec.channels:
             raise VgkitError(f"feature maps are {tuple(V_map.shape[1:])}, the model expects "
                              f"({self.spec.channels}, {self.spec.grid[0]}, {self.spec.grid[1]})")
@@ -98,21 +116,24 @@ class GroundingModel(nn.Module):
                                visual=V.mean(1), text=v_T)
         # the backbone and the text encoder see no state: terms they put in their own
         # `aux_losses` dict during forward join it here (a cached backbone ran no forward)
-        for part in (self.backbone if features is None else None, self.text_encoder):
+        parts: list[nn.Module] = [self.text_encoder]
+        if features is None:
+            parts.insert(0, self.backbone)
+        for part in parts:
             for name, value in getattr(part, "aux_losses", {}).items():
                 state.add_loss(name, value)
             if getattr(part, "aux_losses", None):
-                part.aux_losses = {}
+                setattr(part, "aux_losses", {})  # noqa: B010 (a plugin attribute)
         for module in self.attention:
             state = module(state)
         g = self.head(state)
         return GroundingOutput(g, to_xyxy(g, self.head.box_format, self.spec.input_size), state)
 
 
-def compute_loss(loss: nn.Module, out: GroundingOutput, target_xyxy: Tensor,
-                 head_format: str, input_size: tuple[int, int]) -> LossOutput:
+def compute_loss(loss: Loss, out: GroundingOutput, target_xyxy: Tensor,
+                 head_format: BoxFormat, input_size: tuple[int, int]) -> LossOutput:
     """Evaluate `loss` with prediction and target converted to the loss's box format."""
-    pred = convert(out.g, head_format, loss.box_format, input_size)  # type: ignore[arg-type]
+    pred = convert(out.g, head_format, loss.box_format, input_size)
     target = convert(target_xyxy, "xyxy-pixels", loss.box_format, input_size)
     res = loss(pred, target, out.state, input_size)
     if not out.state.aux_losses:
@@ -124,7 +145,7 @@ def compute_loss(loss: nn.Module, out: GroundingOutput, target_xyxy: Tensor,
 
 def build_model(recipe: Recipe, registry: Registry | None = None, *,
                 vocab: Vocabulary | None = None, embeddings: Tensor | None = None,
-                backbone_options: dict[str, Any] | None = None) -> tuple[GroundingModel, nn.Module]:
+                backbone_options: dict[str, Any] | None = None) -> tuple[GroundingModel, Loss]:
     """Build (model, loss) from a validated recipe; `backbone_options` override the recipe's."""
     if registry is None:
         from vgkit.plugins import get_registry

@@ -64,7 +64,7 @@ def progress_bar(description: str, total: int, unit: str, *, done: int = 0, enab
 
             yield advance_bar
         return
-    state = {"count": done, "started": time.monotonic(), "last": time.monotonic(),
+    state: dict[str, Any] = {"count": done, "started": time.monotonic(), "last": time.monotonic(),
              "fields": {}}
 
     def line() -> None:

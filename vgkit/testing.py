@@ -19,6 +19,7 @@ vgkit's own ``tests/test_conformance.py`` runs these over every registered compo
 
 from __future__ import annotations
 
+import functools
 import json
 import unittest
 import warnings
@@ -32,7 +33,16 @@ from torch import Tensor, nn
 
 from vgkit.boxes import FORMATS, from_xyxy, to_xyxy
 from vgkit.errors import VgkitError
-from vgkit.interfaces import FeatureSpec, GroundingState, LossOutput, TextInputs
+from vgkit.interfaces import (
+    Backbone,
+    BoxFormat,
+    FeatureSpec,
+    GroundingState,
+    Head,
+    LossOutput,
+    TextEncoder,
+    TextInputs,
+)
 from vgkit.model import GroundingModel, compute_loss
 from vgkit.registry import Registry
 
@@ -77,7 +87,7 @@ def seeded(fn: Callable[[], Any], seed: int = 0) -> Any:
     return fn()
 
 
-class StubBackbone(nn.Module):
+class StubBackbone(Backbone):
     """One stride-16 patchify conv."""
 
     channels, stride, frozen = 16, 16, False
@@ -94,7 +104,7 @@ class StubBackbone(nn.Module):
         """A fixed identity."""
         return {"model": "stub"}
 
-class StubText(nn.Module):
+class StubText(TextEncoder):
     """Hashed-word embeddings; v_T is their mean over real words."""
 
     dim, pad = 12, 0
@@ -116,10 +126,10 @@ class StubText(nn.Module):
         return v_l, v_l.sum(1) / m.sum(1).clamp(min=1)
 
 
-class StubHead(nn.Module):
+class StubHead(Head):
     """Linear in both visual and text, so every upstream output matters."""
 
-    box_format = "xyxy-pixels"
+    box_format: BoxFormat = "xyxy-pixels"
 
     def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()
@@ -134,7 +144,7 @@ class StubHead(nn.Module):
         pass
 
 
-def compose(backbone: nn.Module | None = None, text_encoder: nn.Module | None = None,
+def compose(backbone: Backbone | None = None, text_encoder: TextEncoder | None = None,
             attention: tuple[str, ...] = (),
             head: str | None = None) -> tuple[GroundingModel, list[nn.Module]]:
     """A GroundingModel from real parts where given, stubs elsewhere; also the attention built."""
@@ -144,10 +154,11 @@ def compose(backbone: nn.Module | None = None, text_encoder: nn.Module | None = 
     spec = FeatureSpec(channels=backbone.channels, grid=(H // backbone.stride, W // backbone.stride),
                        word_dim=text_encoder.dim, visual_dim=backbone.channels,
                        text_dim=text_encoder.dim, input_size=SIZE)
-    modules = []
+    modules: list[nn.Module] = []
     for name in attention:
-        modules.append(build("attention", name, spec=spec))
-        spec = modules[-1].out_spec
+        module = build("attention", name, spec=spec)
+        modules.append(module)
+        spec = module.out_spec
     h = build("head", head, spec=spec) if head else StubHead(spec)
     return GroundingModel(backbone, text_encoder, modules, h, spec), modules
 
@@ -185,12 +196,15 @@ def assert_grads(module: nn.Module, what: str) -> None:
     _check(params, f"{what} has no trainable parameters")
     missing = [n for n, p in params.items() if p.grad is None]
     _check(not missing, f"{what}: no gradient reaches {missing}")
-    _check(all(torch.isfinite(p.grad).all() for p in params.values()), f"{what}: non-finite grad")
-    _check(any(p.grad.abs().sum() > 0 for p in params.values()), f"{what}: all gradients zero")
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    _check(all(torch.isfinite(g).all() for g in grads), f"{what}: non-finite grad")
+    _check(any(g.abs().sum() > 0 for g in grads), f"{what}: all gradients zero")
 
 
-def assert_finite(t: Tensor, what: str) -> None:
-    """Float32 and finite."""
+def assert_finite(t: Tensor | None, what: str) -> None:
+    """Present, float32 and finite."""
+    if t is None:
+        raise AssertionError(f"{what} is None")
     _check(t.dtype == torch.float32, f"{what} is {t.dtype}")
     _check(torch.isfinite(t).all(), f"{what} has NaN or inf")
 
@@ -244,17 +258,19 @@ def check_backbone(name: str) -> None:
     with torch.no_grad():
         out, out2 = bb(x), again(x)
     h, w = SIZE[0] // bb.stride, SIZE[1] // bb.stride
-    _check(tuple(out.shape) == (2, bb.channels, h, w), 'failed: tuple(out.shape) == (2, bb.channels, h, w)')
+    _check(tuple(out.shape) == (2, bb.channels, h, w),
+           f"V_map is {tuple(out.shape)}, expected {(2, bb.channels, h, w)} (channels, stride)")
     assert_finite(out, f"backbone {name} output")
     _check(torch.equal(out, out2), "two builds under one seed differ")
     ident = bb.identity()
-    _check(isinstance(ident, dict) and json.dumps(ident, sort_keys=True), 'failed: isinstance(ident, dict) and json.dumps(ident, sort_keys=True)')
+    _check(isinstance(ident, dict) and json.dumps(ident, sort_keys=True),
+           f"identity() must be a JSON-serialisable dict, got {ident!r}")
     _check(ident == again.identity(), "identity() is the feature-cache key: it must be stable")
     fields = registry().get("backbone", name).options.model_fields
     for frozen in ({bb.frozen, not bb.frozen} if "frozen" in fields else {bb.frozen}):
-        module = bb if frozen == bb.frozen else seeded(lambda f=frozen: build(
-            "backbone", name, {"frozen": f}))
-        _check(module.frozen is frozen, 'failed: module.frozen is frozen')
+        module = bb if frozen == bb.frozen else seeded(
+            functools.partial(build, "backbone", name, {"frozen": frozen}))
+        _check(module.frozen is frozen, f"built with frozen={frozen}, .frozen is {module.frozen}")
         check_frozen(module, x) if frozen else check_trainable_backbone(module)
 
 
@@ -271,7 +287,7 @@ def check_frozen(bb: nn.Module, x: Tensor) -> None:
     _check(not changed, f"a frozen backbone's buffers moved in train mode: {changed[:3]}")
 
 
-def check_trainable_backbone(bb: nn.Module) -> None:
+def check_trainable_backbone(bb: Backbone) -> None:
     model, _ = compose(backbone=bb.train())
     l1_to_box(model).backward()
     assert_grads(bb, "backbone")
@@ -281,13 +297,17 @@ def check_text_encoder(name: str) -> None:
     enc = seeded(lambda: build("text_encoder", name, vocab=None, embeddings=None)).eval()
     again = seeded(lambda: build("text_encoder", name, vocab=None, embeddings=None)).eval()
     text = enc.tokenize(PHRASES)
-    _check(text.ids.dtype == torch.long and text.mask.dtype == torch.bool, 'failed: text.ids.dtype == torch.long and text.mask.dtype == torch.bool')
-    _check(text.ids.shape == text.mask.shape and text.ids.shape[0] == len(PHRASES), 'failed: text.ids.shape == text.mask.shape and text.ids.shape[0] == len(PHRASES)')
+    _check(text.ids.dtype == torch.long and text.mask.dtype == torch.bool,
+           f"tokenize() gave ids {text.ids.dtype} and mask {text.mask.dtype}: expected long and bool")
+    _check(text.ids.shape == text.mask.shape and text.ids.shape[0] == len(PHRASES),
+           f"tokenize() gave ids {tuple(text.ids.shape)} and mask {tuple(text.mask.shape)} "
+           f"for {len(PHRASES)} phrases")
     with torch.no_grad():
         v_l, v_T = enc(text.ids, text.mask)
         v_T2 = again(text.ids, text.mask)[1]
     B, L = text.ids.shape
-    _check(tuple(v_l.shape) == (B, L, enc.dim) and tuple(v_T.shape) == (B, enc.dim), 'failed: tuple(v_l.shape) == (B, L, enc.dim) and tuple(v_T.shape) == (B, enc.dim)')
+    _check(tuple(v_l.shape) == (B, L, enc.dim) and tuple(v_T.shape) == (B, enc.dim),
+           f"v_l {tuple(v_l.shape)}, v_T {tuple(v_T.shape)}: expected {(B, L, enc.dim)}, {(B, enc.dim)}")
     assert_finite(v_l, "v_l")
     assert_finite(v_T, "v_T")
     _check(torch.equal(v_T, v_T2), "two builds under one seed differ")
@@ -313,7 +333,7 @@ def check_attention(name: str) -> None:
     again, _ = seeded(lambda: compose(attention=(*chain, name)))
     module, before = modules[-1], (modules[-2].out_spec if chain else base_spec())
     spec = module.out_spec
-    _check(isinstance(spec, FeatureSpec), 'failed: isinstance(spec, FeatureSpec)')
+    _check(isinstance(spec, FeatureSpec), f"out_spec must be a FeatureSpec, got {spec!r}")
     _check(spec.provided >= before.provided, "out_spec dropped a field an earlier module provided")
     model.eval()
     again.eval()
@@ -322,7 +342,8 @@ def check_attention(name: str) -> None:
     _check(tuple(state.visual.shape) == (2, spec.visual_dim), f"state.visual is {tuple(state.visual.shape)}, out_spec.visual_dim is {spec.visual_dim}")
     assert_finite(state.visual, "state.visual")
     if spec.text_dim:
-        _check(state.text is not None and tuple(state.text.shape) == (2, spec.text_dim), 'failed: state.text is not None and tuple(state.text.shape) == (2, spec.text_dim)')
+        _check(state.text is not None and tuple(state.text.shape) == (2, spec.text_dim),
+               f"state.text must be [2, {spec.text_dim}] (out_spec.text_dim)")
         assert_finite(state.text, "state.text")
     else:
         _check(state.text is None, "out_spec.text_dim is 0: state.text must be None")
@@ -340,9 +361,9 @@ def check_attention(name: str) -> None:
 def check_head(name: str) -> None:
     for text_dim in (12, 0):  # with and without a text vector (attention can drop it)
         spec = base_spec().with_(text_dim=text_dim)
-        head = seeded(lambda s=spec: build("head", name, spec=s))
-        again = seeded(lambda s=spec: build("head", name, spec=s))
-        _check(head.box_format in FORMATS, 'failed: head.box_format in FORMATS')
+        make = functools.partial(build, "head", name, spec=spec)
+        head, again = seeded(make), seeded(make)
+        _check(head.box_format in FORMATS, f"box_format {head.box_format!r} is not one of {FORMATS}")
         state = GroundingState(V=torch.randn(2, 16, 16), grid=(4, 4), v_l=torch.randn(2, 3, 12),
                                word_mask=torch.ones(2, 3, dtype=torch.bool), v_T=torch.randn(2, 12),
                                visual=torch.randn(2, 16),
@@ -351,7 +372,7 @@ def check_head(name: str) -> None:
         again.eval()
         with torch.no_grad():
             g = head(state)
-            _check(tuple(g.shape) == (2, 4), 'failed: tuple(g.shape) == (2, 4)')
+            _check(tuple(g.shape) == (2, 4), f"the head gave {tuple(g.shape)}, expected (2, 4)")
             assert_finite(g, "head output")
             _check(torch.equal(g, again(state)), "two builds under one seed differ")
             mean = BOX.mean(0)
@@ -373,10 +394,10 @@ def check_loss(name: str) -> None:
     except VgkitError as exc:
         raise unittest.SkipTest(f"loss {name} does not build on the richest attention "
                                 f"chain: {exc}") from None
-    _check(loss.box_format in FORMATS, 'failed: loss.box_format in FORMATS')
+    _check(loss.box_format in FORMATS, f"box_format {loss.box_format!r} is not one of {FORMATS}")
     out = run(model)
     result = compute_loss(loss, out, BOX, model.head.box_format, SIZE)
-    _check(isinstance(result, LossOutput), 'failed: isinstance(result, LossOutput)')
+    _check(isinstance(result, LossOutput), f"the loss returned {type(result).__name__}, not LossOutput")
     _check(result.total.dim() == 0, "the loss must be a scalar")
     assert_finite(result.total, "loss")
     for term, value in result.terms.items():
@@ -392,10 +413,6 @@ def check_loss(name: str) -> None:
     _check(all(abs(v) < 1e-4 for v in iou_terms.values()), f"pred == target: {iou_terms}")
     if list(loss.parameters()):
         assert_grads(loss, f"loss {name}")
-
-
-CHECKS = {"backbone": check_backbone, "text_encoder": check_text_encoder,
-          "attention": check_attention, "head": check_head, "loss": check_loss}
 
 
 CHECKS: dict[str, Callable[[str], None]] = {

@@ -64,7 +64,8 @@ class TimmBackbone(Backbone):
         self.load_report = (load_weights(weights, self.body, f"timm model {model_name!r}")
                             if weights is not None else None)
         self.model_name, self.weights = model_name, weights
-        self.channels = int(self.body.feature_info.channels()[-1])
+        info: Any = self.body.feature_info  # timm's FeatureInfo (typed as a Module attribute)
+        self.channels = int(info.channels()[-1])
         self.stride = opts.stride
         self.frozen = opts.frozen
         self._digest: str | None = None
@@ -104,11 +105,15 @@ class TimmBackbone(Backbone):
 
 def _reductions(model_name: str) -> list[int]:
     """Strides of a timm model's feature maps; built on the meta device (no weights, no time)."""
+    def reductions() -> list[int]:
+        info: Any = timm.create_model(model_name, features_only=True).feature_info
+        return list(info.reduction())
+
     try:
         with torch.device("meta"):
-            return list(timm.create_model(model_name, features_only=True).feature_info.reduction())
+            return reductions()
     except (RuntimeError, NotImplementedError, TypeError):  # a model that cannot live on meta
-        return list(timm.create_model(model_name, features_only=True).feature_info.reduction())
+        return reductions()
 
 
 def _check_weights(path: str | None) -> Path | None:

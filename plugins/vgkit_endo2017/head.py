@@ -36,6 +36,7 @@ class BoxRegression(Head):
     """
 
     box_format = "xywh-pixels"
+    scale: Tensor  # a buffer: (W, H, W, H) of the input, or ones
 
     def __init__(self, opts: BoxRegressionOptions, spec: FeatureSpec) -> None:
         super().__init__()

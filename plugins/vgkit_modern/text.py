@@ -51,7 +51,7 @@ class HFEncoder(TextEncoder):
     def __init__(self, path: Path, opts: _CommonOptions) -> None:
         super().__init__()
         self.tokenizer, self.encoder = _load(path)
-        config = self.encoder.config
+        config: Any = self.encoder.config
         self.dim = int(getattr(config, "hidden_size", None) or config.d_model)
         self.path, self.max_tokens, self.pool = path, opts.max_tokens, opts.pool
         self.frozen = opts.frozen

@@ -30,6 +30,16 @@ def recipes(ctx: typer.Context) -> None:
     console.print(table)
 
 
+@app.command("reference")
+@user_errors
+def recipes_reference() -> None:
+    """Print every recipe key (type, default, range) and every component's options, as Markdown."""
+    from vgkit.plugins import get_registry
+    from vgkit.recipe_reference import reference_markdown
+
+    console.print(reference_markdown(get_registry()), end="", soft_wrap=True)
+
+
 @app.command("show")
 @user_errors
 def recipes_show(
@@ -57,6 +67,6 @@ def recipes_show(
     for label, t, f in parameter_counts(model):
         table.add_row(label, f"{t:,}", f"{f:,}", style="bold" if label == "total" else None)
     console.print(table)
-    vocab = len(model.text_encoder.vocab) if hasattr(model.text_encoder, "vocab") else None
+    vocab = len(getattr(model.text_encoder, "vocab", ()))  # encoders with their own tokenizer have none
     if vocab:
         console.print(f"(text encoder counted with a vocabulary of {vocab:,} tokens)")

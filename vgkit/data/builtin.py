@@ -7,6 +7,7 @@ relative to ``root``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,7 +99,7 @@ def _prepared(index: str | None, root: Path, what: str) -> DatasetIndex | None:
     return None
 
 
-def _refcoco_builder(name: str):  # type: ignore[no-untyped-def]
+def _refcoco_builder(name: str) -> Callable[..., DatasetIndex]:
     def build(opts: RefCocoOptions, *, root: Path) -> DatasetIndex:
         from vgkit.data.refcoco import load_refcoco
 

@@ -242,7 +242,7 @@ def _load_uncached(
     if words and not rows:
         warnings.warn(f"no vocabulary word in {src.display}: all rows random", stacklevel=3)
     missing_ids = sorted(i for i in words.values() if i not in rows)
-    source = {"kind": "file", "path": str(src.path), "member": src.member}
+    source: dict[str, Any] = {"kind": "file", "path": str(src.path), "member": src.member}
     if src.index is not None:
         source["index"] = str(src.index)
     source["format"] = stats["format"]
@@ -421,7 +421,8 @@ def _progress_bar(src: _Source, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield lambda n: None
         return
-    columns = (rp.TextColumn("reading {task.description}", markup=False), rp.BarColumn())
+    columns: tuple[rp.ProgressColumn, ...] = (
+        rp.TextColumn("reading {task.description}", markup=False), rp.BarColumn())
     columns += (rp.DownloadColumn(), rp.TransferSpeedColumn(), rp.TimeRemainingColumn())
     name = src.member or src.path.name
     with rp.Progress(*columns, console=Console(stderr=True)) as bar:

@@ -59,12 +59,12 @@ class ImageTransform:
         H, W = self.size
         img = img.convert("RGB")
         if self.mode == "stretch":
-            img = img.resize((W, H), Image.BILINEAR)
+            img = img.resize((W, H), Image.Resampling.BILINEAR)
         else:
             sx, sy, ox, oy = self.geometry(*img.size)
             w, h = round(img.size[0] * sx), round(img.size[1] * sy)
             canvas = Image.new("RGB", (W, H), tuple(int(255 * m) for m in IMAGENET_MEAN))
-            canvas.paste(img.resize((w, h), Image.BILINEAR), (int(ox), int(oy)))
+            canvas.paste(img.resize((w, h), Image.Resampling.BILINEAR), (int(ox), int(oy)))
             img = canvas
         x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(H, W, 3)
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
@@ -138,9 +138,8 @@ def read_image(path: str | os.PathLike[str], *, upright: bool = False) -> Image.
                                     f"{limit:,} (a decompression bomb?); if you trust the file, "
                                     f"raise the limit with {MAX_PIXELS_ENV}=N (0: none)")
             img.load()
-            if upright:
-                img = ImageOps.exif_transpose(img)
-            return img.convert("RGB")
+            shown: Image.Image = ImageOps.exif_transpose(img) if upright else img
+            return shown.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             MemoryError) as exc:
         raise BadImageError(f"cannot decode image {p}: {exc}") from None

@@ -116,7 +116,8 @@ def _background(rng: random.Random, w: int, h: int) -> Image.Image:
 
     def grey(spread: int, alpha: tuple[int, int]) -> tuple[int, int, int, int]:
         v = g + rng.randint(-spread, spread)
-        return (*(max(0, min(255, v + rng.randint(-8, 8))) for _ in range(3)), rng.randint(*alpha))
+        r, gr, b = (max(0, min(255, v + rng.randint(-8, 8))) for _ in range(3))
+        return r, gr, b, rng.randint(*alpha)
 
     for _ in range(rng.randint(3, 8)):  # soft blobs, too faint and grey to pass for an object
         bx, by, rx, ry = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(8, 60), rng.uniform(8, 60)
@@ -135,7 +136,9 @@ def render(objects: list[dict[str, Any]], rng: random.Random, nrng: np.random.Ge
     for o in objects:
         mask, (ox, oy) = object_mask(o["shape"], o["cx"], o["cy"], o["radius"], o["angle"])
         img.paste(tuple(o["rgb"]), (ox, oy, ox + mask.width, oy + mask.height), mask)
-        x1, y1, x2, y2 = mask.getbbox()  # exclusive right/bottom: the continuous convention
+        bbox = mask.getbbox()  # exclusive right/bottom: the continuous convention
+        assert bbox is not None, "an object mask is never empty"
+        x1, y1, x2, y2 = bbox
         boxes.append((float(ox + x1), float(oy + y1), float(ox + x2), float(oy + y2)))
     noise = nrng.integers(-9, 10, size=(h, w, 3), dtype=np.int16)
     arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
@@ -262,7 +265,7 @@ def ensure_synthetic(root: str | os.PathLike[str], n_images: int = DEFAULT_N_IMA
                      progress: bool = True) -> DatasetIndex:
     """The synthetic dataset at `root`, generated first if absent or made with other parameters."""
     d = Path(root)
-    want = _params(n_images, seed, tuple(int(v) for v in image_size), tuple(splits))
+    want = _params(n_images, seed, (int(image_size[0]), int(image_size[1])), tuple(splits))
     try:
         index = load_synthetic(d)
     except VgkitError:

@@ -59,8 +59,9 @@ def _normalise(path: str) -> tuple[str, str]:
     return (norm, "") if norm else ("", "is empty")
 
 
-def safe_relpath(path: str, where: str) -> str:
-    """`path` as a POSIX path relative to the dataset root; UnsafePathError if it could escape."""
+def safe_relpath(path: object, where: str) -> str:
+    """`path` as a POSIX path relative to the dataset root; UnsafePathError if it could escape
+    (or is not a string: it usually comes from a file)."""
     norm, why = _normalise(path) if isinstance(path, str) else ("", "is not a string")
     if why:
         raise UnsafePathError(f"{where}: image path {path!r} {why}; {PATH_RULE}")

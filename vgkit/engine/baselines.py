@@ -67,7 +67,7 @@ def constant_box_accuracy(box: Tensor, exprs: ExprSet, convention: IoUConvention
 
 def _objects_by_image(index: DatasetIndex, root: Path | None) -> dict[str, Tensor]:
     scenes = root / "scenes.jsonl" if root is not None else None
-    if scenes is not None and scenes.is_file():
+    if root is not None and scenes is not None and scenes.is_file():
         from vgkit.data.synth import load_scenes
 
         return {i: torch.tensor([o["box"] for o in s["objects"]], dtype=torch.float32)

@@ -98,8 +98,9 @@ class Batch:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=nb)
 
-        return Batch(self.idx, self.text.to(device), move(self.target), move(self.image_index),
-                     move(self.features), move(self.images), self.bad_images, self.on_bad_image)
+        return Batch(self.idx, self.text.to(device), self.target.to(device, non_blocking=nb),
+                     self.image_index.to(device, non_blocking=nb), move(self.features),
+                     move(self.images), self.bad_images, self.on_bad_image)
 
 
 class DataBundle:

@@ -93,7 +93,7 @@ def failure_buckets(preds: Any, transform: Any, grid: tuple[int, int], ious: Ten
 def summarize(buckets: list[str | None], has_attention: bool) -> dict[str, Any]:
     """Counts per bucket (None for n/a buckets), the number of failures and the definitions."""
     failures = [b for b in buckets if b is not None]
-    rows = [{"bucket": name,
+    rows: list[dict[str, Any]] = [{"bucket": name,
              "n": (None if name in NEEDS_ATTENTION and not has_attention
                    else sum(1 for b in failures if b == name)),
              "rank": k + 1} for k, name in enumerate(BUCKETS)]

@@ -203,7 +203,9 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        sampler = DistributedSampler(range(len(self.train_set)), num_replicas=self.info.world,
+        positions: Any = range(len(self.train_set))  # the sampler only needs len()
+        sampler: DistributedSampler[int] = DistributedSampler(
+            positions, num_replicas=self.info.world,
                                      rank=self.info.rank, shuffle=True, seed=self.recipe.train.seed,
                                      drop_last=True)
         sampler.set_epoch(epoch)

@@ -83,7 +83,7 @@ def attention_image(alpha_I: Tensor, grid: tuple[int, int], transform: ImageTran
     cx, cy = w / W, h / H  # grid cells per input pixel
     # the original image's footprint in the input, in grid units
     box = (ox * cx, oy * cy, (ox + width * sx) * cx, (oy + height * sy) * cy)
-    up = Image.fromarray(a).resize(size, Image.BILINEAR, box=box)
+    up = Image.fromarray(a).resize(size, Image.Resampling.BILINEAR, box=box)
     return Image.fromarray((np.asarray(up).clip(0, 1) * 255).round().astype(np.uint8))
 
 
@@ -118,7 +118,7 @@ def _draw_box(draw: ImageDraw.ImageDraw, box: Sequence[float], colour: tuple[int
 def _word_chips(words: list[str], weights: list[float] | None, width: int,
                 font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> Image.Image:
     """Words laid out left to right (wrapping), on heat-coloured chips when weighted."""
-    pad, line_h = 5, font.getbbox("Hg")[3] + 12
+    pad, line_h = 5, int(font.getbbox("Hg")[3]) + 12
     lo, hi = (min(weights), max(weights)) if weights else (0.0, 1.0)
     places, x, y = [], GAP, 0
     for k, word in enumerate(words):
@@ -150,7 +150,7 @@ def render_figure(image: Image.Image, phrase: str, pred_box: Sequence[float], *,
     W0, H0 = image.size
     scale = long_side / max(W0, H0)
     size = (max(1, round(W0 * scale)), max(1, round(H0 * scale)))
-    shown = image.convert("RGB").resize(size, Image.BILINEAR)
+    shown = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
     left = shown.copy()
     draw = ImageDraw.Draw(left)
     if gt_box is not None:
