@@ -50,81 +50,102 @@ class DataConfig(_Strict):
     def _dataset_by_name(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
 
-    dataset: ComponentConfig = ComponentConfig(name="synthetic")  # a name, or {name, options}
-    root: str | None = None  # dataset directory; None: data/<dataset name>
-    vocab: str | None = None  # vocabulary file (one token a line); None: built from train
-    min_count: int = Field(1, ge=1)  # when building the vocabulary
-    train_split: str = "train"
-    val_split: str = "val"  # validation each epoch, and the best checkpoint
-    test_split: str = "test"
-    embeddings: str = "random"  # "random" or a local GloVe/word2vec file
-    # (H, W) network input
-    image_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (224, 224)
-    resize: Literal["stretch", "letterbox"] = "stretch"
+    dataset: ComponentConfig = Field(ComponentConfig(name="synthetic"), description=(
+        "a registered dataset: its name, or a table {name = ..., option = ...} (see "
+        "the dataset options below)"))
+    root: str | None = Field(None, description="dataset directory; none: data/<dataset name> "
+                             "under the current directory")
+    vocab: str | None = Field(None, description="vocabulary file (one token a line); none or "
+                              "empty: built from the training split")
+    min_count: int = Field(1, ge=1, description="a word's count in the training split needed "
+                           "to enter a built vocabulary")
+    train_split: str = Field("train", description="the split trained on")
+    val_split: str = Field("val", description="validated after each epoch; picks the best "
+                           "checkpoint")
+    test_split: str = Field("test", description="the split `vgkit eval` uses by default")
+    embeddings: str = Field("random", description="word vectors: random, a local GloVe/word2vec "
+                            "text file (FILE.zip::member.txt inside a zip), a .npy with its word "
+                            "index, or pkg:NAME (a file of an installed package)")
+    image_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
+        (224, 224), description="(H, W) of the network input in pixels")
+    resize: Literal["stretch", "letterbox"] = Field("stretch", description="how an image "
+                                                    "becomes image_size: stretched, or scaled "
+                                                    "to fit and padded")
 
 
 class ModelConfig(_Strict):
     """The composed model: backbone -> text encoder -> attention chain -> head."""
 
-    backbone: ComponentConfig
-    text_encoder: ComponentConfig
-    attention: list[ComponentConfig] = []
-    head: ComponentConfig
+    backbone: ComponentConfig = Field(description="a registered backbone: {name = ..., options}")
+    text_encoder: ComponentConfig = Field(description="a registered text encoder")
+    attention: list[ComponentConfig] = Field([], description="the attention chain, in order "
+                                             "([[model.attention]] tables); may be empty")
+    head: ComponentConfig = Field(description="a registered head")
     # Departures a recipe may switch on (named as such in its docs); off by default.
-    init_bias: Literal["none", "dataset-mean"] = "none"  # head bias <- mean training box
-    feature_norm: Literal["none", "channel"] = "none"  # standardise V_map per channel
+    init_bias: Literal["none", "dataset-mean"] = Field("none", description="dataset-mean: the "
+                                                       "head's output bias starts at the mean "
+                                                       "training box (a departure)")
+    feature_norm: Literal["none", "channel"] = Field("none", description="channel: backbone "
+                                                     "maps standardised per channel with "
+                                                     "training statistics (a departure)")
 
 
 class OptimConfig(_Strict):
     """The optimizer: Adam (its defaults are Adam's recommended values)."""
 
-    name: Literal["adam"] = "adam"
-    lr: float = Field(0.001, gt=0)  # Adam alpha
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    # "constant", or "cosine": lr decays to 0 over the run, a pure
-    # function of the step, so a resumed run follows the same curve exactly.
-    schedule: Literal["constant", "cosine"] = "constant"
+    name: Literal["adam"] = Field("adam", description="the optimizer")
+    lr: float = Field(0.001, gt=0, description="learning rate (Adam's alpha)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first-moment decay")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam's second-moment decay")
+    eps: float = Field(1e-8, gt=0, description="Adam's epsilon")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradients")
+    # a pure function of the step, so a resumed run follows the same curve exactly
+    schedule: Literal["constant", "cosine"] = Field("constant", description="constant, or "
+                                                    "cosine: lr decays to 0 over the run")
 
 
 class TrainConfig(_Strict):
     """How long and how to train."""
 
-    batch_size: int = Field(20, ge=1)  # the global batch (split over ranks)
-    epochs: int = Field(10, ge=1)
-    seed: int = 0
-    log_every: int = Field(50, ge=1)  # steps between metrics lines
-    checkpoint_every: int = Field(500, ge=1)  # steps between mid-epoch "last" checkpoints
-    eval_batch_size: int = Field(64, ge=1)
-    workers: int = Field(2, ge=0)  # DataLoader workers when images are read every step
+    batch_size: int = Field(20, ge=1, description="expressions per step, over all ranks "
+                            "(divisible by their number)")
+    epochs: int = Field(10, ge=1, description="passes over the training split")
+    seed: int = Field(0, description="seeds initialisation, shuffling and dropout")
+    log_every: int = Field(50, ge=1, description="steps between metrics.jsonl lines")
+    checkpoint_every: int = Field(500, ge=1, description="steps between mid-epoch saves of "
+                                  "the last checkpoint")
+    eval_batch_size: int = Field(64, ge=1, description="expressions per batch in validation "
+                                 "and vgkit eval")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes (feature extraction, "
+                         "and images read every step by a trainable backbone)")
 
 
 class Reported(_Strict):
     """A published number that ``vgkit bench`` prints beside the recipe's own result."""
 
-    value: float = Field(ge=0, le=100)  # percent, as published
-    metric: str = "acc@0.5"
-    dataset: str  # a registered dataset name, e.g. the one the recipe trains on
-    split: str = "test"
-    setting: str  # where the number stands in its source, e.g. "ablations, without attention"
-    source: str  # the citation
-    # "" : the number of the very setting this recipe reproduces; else another method's
-    # number from the same source, shown beside it for context
-    method: str = ""
+    value: float = Field(ge=0, le=100, description="the number in percent, as published")
+    metric: str = Field("acc@0.5", description="what was measured")
+    dataset: str = Field(description="a registered dataset name")
+    split: str = Field("test", description="the split it was measured on")
+    setting: str = Field(description="where the number stands in its source, e.g. "
+                         "\"ablations, without attention\"")
+    source: str = Field(description="the citation (and where in it)")
+    method: str = Field("", description="empty: the setting this recipe reproduces; else "
+                        "another method's number from the same source, shown for context")
 
 
 class SearchRange(_Strict):
     """One hyper-parameter range of the recipe's random search (``vgkit search``)."""
 
-    label: str  # the source's wording
-    short: str  # a column heading
-    keys: list[str]  # ``--set`` paths that take the sampled value (those the recipe has)
-    low: float
-    high: float
-    step: float = Field(gt=0)
-    chosen: float | None = None  # the value the source settled on, if it says
+    label: str = Field(description="the hyper-parameter, in its source's wording")
+    short: str = Field(description="its column heading in vgkit search's table")
+    keys: list[str] = Field(description="--set paths that take the sampled value (those the "
+                            "recipe has)")
+    low: float = Field(description="the smallest value")
+    high: float = Field(description="the largest value")
+    step: float = Field(gt=0, description="the grid step from low to high")
+    chosen: float | None = Field(None, description="the value the source settled on, if it "
+                                 "says")
 
     def values(self) -> list[float | int]:
         """Every value of the range, in order."""
@@ -137,19 +158,18 @@ class SearchRange(_Strict):
 class Recipe(_Strict):
     """A complete, validated experiment."""
 
-    name: str
-    description: str = ""
-    reference: str = ""
-    data: DataConfig = DataConfig()
-    model: ModelConfig
-    loss: ComponentConfig
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    # What the recipe reproduces, declared by the recipe (never inherited through
-    # ``extends``: a variant reports its own numbers), and the space ``vgkit search`` draws
-    # from (inherited like any list).
-    reported: list[Reported] = []
-    search: list[SearchRange] = []
+    name: str = Field(description="the recipe's name (runs/<name> by default)")
+    description: str = Field("", description="one line shown by vgkit recipes")
+    reference: str = Field("", description="what the recipe reproduces or follows")
+    data: DataConfig = Field(DataConfig(), description="[data]")
+    model: ModelConfig = Field(description="[model]")
+    loss: ComponentConfig = Field(description="a registered loss: {name = ..., options}")
+    optim: OptimConfig = Field(OptimConfig(), description="[optim]")
+    train: TrainConfig = Field(TrainConfig(), description="[train]")
+    reported: list[Reported] = Field([], description="[[reported]]: published numbers, never "
+                                     "inherited through extends (a variant reports its own)")
+    search: list[SearchRange] = Field([], description="[[search]]: the space vgkit search "
+                                      "draws from; inherited like any list")
 
     def own_reported(self, dataset: str | None = None, split: str | None = None,
                      metric: str = "acc@0.5") -> list[Reported]:
@@ -255,8 +275,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         old = out.get(k)
         same_component = not (isinstance(v, dict) and isinstance(old, dict)
                               and "name" in v and v["name"] != old.get("name"))
-        mergeable = isinstance(v, dict) and isinstance(old, dict) and same_component
-        out[k] = _merge(old, v) if mergeable else v
+        if isinstance(v, dict) and isinstance(old, dict) and same_component:
+            out[k] = _merge(old, v)
+        else:
+            out[k] = v
     return out
 
 
