@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vgkit.data.annotations import (
+    HeaderSizes,
     Problems,
+    default_splits,
     field,
     load_pth_file,
     make_record,
@@ -48,7 +50,7 @@ from vgkit.data.annotations import (
 )
 from vgkit.data.index import DatasetIndex, Record
 from vgkit.data.safe_pickle import safe_load
-from vgkit.data.validate import image_file, safe_relpath
+from vgkit.data.validate import safe_relpath
 from vgkit.errors import UnknownNameError, VgkitError
 
 __all__ = ["CLEF_IMAGES", "COCO_IMAGES", "DATASETS", "FLICKR_IMAGES", "FORMATS", "PUBLISHED",
@@ -58,7 +60,6 @@ FORMATS = ("refer", "pth")  # also the order "auto" tries them in
 COCO_IMAGES = "images/mscoco/images/train2014"
 CLEF_IMAGES = "images/saiapr_tc-12"
 FLICKR_IMAGES = "Flickr30k/flickr30k_images"
-_SPLIT_ORDER = ("train", "val", "trainval", "testA", "testB", "testC", "test")
 _CROP_ID = re.compile(r"^\d+_\d+$")
 _TRAILING_ID = re.compile(r"(\d+)$")
 
@@ -141,39 +142,6 @@ def detect_format(root: str | os.PathLike[str], dataset: str = "refcoco",
                      f"annotations/ and data/ for " + " or ".join(looked))
 
 
-class _HeaderSizes:
-    """Image sizes from the image header, else (0, 0) (the pth form has none)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.cache, self.unknown = root, {}, set()  # type: ignore[var-annotated]
-
-    def get(self, image_path: str) -> tuple[int, int]:
-        if image_path not in self.cache:
-            try:
-                from PIL import Image
-
-                with Image.open(image_file(self.root, image_path)) as im:  # header only
-                    self.cache[image_path] = im.size
-            except (OSError, ValueError):
-                self.unknown.add(image_path)
-                self.cache[image_path] = (0, 0)
-        return self.cache[image_path]
-
-    def notes(self) -> list[str]:
-        if not self.unknown:
-            return []
-        return [f"size unknown (0x0, boxes not checked against it) for {len(self.unknown):,} "
-                f"images not readable under the root, e.g. {', '.join(sorted(self.unknown)[:3])}"]
-
-
-def _default_splits(available: Sequence[str]) -> list[str]:
-    have = set(available)
-    out = [s for s in _SPLIT_ORDER if s in have] + sorted(have - set(_SPLIT_ORDER))
-    if "trainval" not in have and {"train", "val"} <= have:
-        out.insert(out.index("val") + 1, "trainval")
-    return out
-
-
 def _load_refer(root: Path, dataset: str, split_by: str, splits: Sequence[str] | None,
                 p: Problems, images: str) -> tuple[list[Record], list[str]]:
     rdir = _refer_dir(root, dataset, split_by)
@@ -191,7 +159,7 @@ def _load_refer(root: Path, dataset: str, split_by: str, splits: Sequence[str] |
     for ref in refs:
         by_split[str(field(ref, "split"))].append(ref)
     where = f"{dataset}/{refs_name}"
-    plan = plan_splits(splits or _default_splits(list(by_split)), by_split, str(rdir / refs_name),
+    plan = plan_splits(splits or default_splits(list(by_split)), by_split, str(rdir / refs_name),
                        dataset)
     records: list[Record] = []
     for split, sources in plan.items():
@@ -230,10 +198,10 @@ def _load_pth(root: Path, name: str, splits: Sequence[str] | None, p: Problems, 
         raise VgkitError(f"{root}: no {name}_<split>.pth in {root}, annotations/ or data/ "
                          f"(or their {name}/ folders)")
     avail = _pth_splits(base, name)
-    sizes = _HeaderSizes(root)
+    sizes = HeaderSizes(root)
     shape = "(image_file, box, phrase)" if flickr else "(image_file, mask_file, box, phrase, ...)"
     records: list[Record] = []
-    for split, sources in plan_splits(splits or _default_splits(avail), avail, str(base),
+    for split, sources in plan_splits(splits or default_splits(avail), avail, str(base),
                                       name).items():
         for src in sources:
             path = base / f"{name}_{src}.pth"
