@@ -134,6 +134,14 @@ def test_seqtr_flickr30k_equals_pth(tmp_path):
     assert (pth.source, seqtr.source) == ("pth", "seqtr")
     assert [key(r) for r in seqtr] == [key(r) for r in pth]
     assert seqtr.records[1].sent_id == 1  # counted per image, as the pth form counts
+    from vgkit.data import builtin
+    from vgkit.registry import Registry
+
+    reg = Registry()
+    builtin.vgkit_register(reg)
+    both = write_seqtr(tmp_path, "flickr30k", {"val": xywh})  # pth first, unless asked
+    assert reg.build("dataset", "flickr30k", {}, root=both).source == "pth"
+    assert reg.build("dataset", "flickr30k", {"format": "seqtr"}, root=both).source == "seqtr"
 
 
 def _expect(match, load, exc=VgkitError):
