@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from vgkit.boxes import iou
-from vgkit.engine.data import UNREADABLE, DataBundle, ExprSet, eval_order
+from vgkit.engine.bundle import UNREADABLE, DataBundle, ExprSet, eval_order
 from vgkit.model import GroundingModel
 
 IoUConvention = Literal["continuous", "inclusive"]
