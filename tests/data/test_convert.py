@@ -151,6 +151,13 @@ def test_referit_layout(tmp_path):
         "3.jpg", "3_2.mat", [10.0, 20.0, 30.0, 40.0], "rock", [])
     back = load_referit(tmp_path / "referit", "pth", ["test"])
     assert [key(r, False) for r in back] == [key(r, False) for r in ix]
+    # TransVG reads referit_trainval.pth itself (it joins train and val for the others)
+    tv = DatasetIndex([Record(**{**r.__dict__, "split": s}) for s in ("train", "val", "trainval")
+                       for r in ix.records[:1]], name="referit")
+    done = convert_index(tv, "pth", tmp_path / "tv")
+    assert sorted(p.name for p in done.files) == ["referit_train.pth", "referit_trainval.pth",
+                                                  "referit_val.pth"]
+    assert len(convert_index(tv, "pth", tmp_path / "u", name="unc").files) == 2
 
 
 def test_real_referit_val_through_pth(tmp_path, real_dir):

@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from vgkit.data.index import DatasetIndex, Record
+from vgkit.data.prepare import LOADERS
 from vgkit.data.refcoco import DATASETS
 from vgkit.data.validate import check_index, safe_relpath
 from vgkit.errors import UnknownNameError, VgkitError
 from vgkit.fsutil import atomic_write_text, folder_lock, replacing
 
-__all__ = ["TARGETS", "Converted", "convert_index"]
+__all__ = ["TARGETS", "Converted", "convert_index", "convert_source"]
 
 TARGETS = ("pth", "refer", "coco")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]*$")
@@ -60,10 +61,12 @@ def convert_index(index: DatasetIndex, to: str, out: str | os.PathLike[str], *,
     if to not in TARGETS:
         raise UnknownNameError("conversion target", to, TARGETS)
     done = Converted()
-    records = _records(index, done.notes)
+    name = _name(name or _default_name(index, to, split_by))
+    # TransVG reads referit_trainval.pth as a file of its own; the other sets' trainval
+    # it joins from train and val, as the refer and MDETR readers do.
+    records = _records(index, done.notes, keep_trainval=to == "pth" and name == "referit")
     folder = _image_folder(records, image_dir, index.meta)
     files = [_image_file(r, folder, i) for i, r in enumerate(records)]
-    name = _name(name or _default_name(index, to, split_by))
     flickr = to == "pth" and name == "flickr"  # its items name no region
     regions = _regions(records, done.notes, flickr)
     _renumbered(records, [r.image_id for r in records] if flickr else regions, done.notes)
@@ -86,7 +89,35 @@ def convert_index(index: DatasetIndex, to: str, out: str | os.PathLike[str], *,
     return done
 
 
-def _records(index: DatasetIndex, notes: list[str]) -> list[Record]:
+def convert_source(source: str | os.PathLike[str], to: str, out: str | os.PathLike[str], *,
+                   dataset: str | None = None, format: str = "auto",
+                   split_by: str | None = None, splits: Sequence[str] | None = None,
+                   image_dir: str | None = None, name: str | None = None,
+                   force: bool = False) -> Converted:
+    """Load `source` (an index directory, or with `dataset` a raw root) and convert it."""
+    src = Path(source)
+    if dataset is None:
+        index = DatasetIndex.load(src)
+        if splits:
+            index = DatasetIndex([r for s in splits for r in index.split(s).records],
+                                 name=index.name, source=index.source, meta=index.meta)
+        return convert_index(index, to, out, name=name, split_by=split_by,
+                             image_dir=image_dir, force=force)
+    if dataset not in LOADERS:
+        raise UnknownNameError("dataset", dataset, LOADERS)
+    if not src.is_dir():
+        raise VgkitError(f"{dataset} root {src} is not a directory")
+    index = LOADERS[dataset](src, format, list(splits) if splits else None, False, split_by,
+                             image_dir)
+    done = convert_index(index, to, out, name=name, split_by=split_by, force=force)
+    read = index.meta.get("problems", {}).get("counts", {})
+    if read:
+        done.notes.append(f"skipped or clipped while reading {index.source} form: "
+                          + ", ".join(f"{k} {v:,}" for k, v in read.items()))
+    return done
+
+
+def _records(index: DatasetIndex, notes: list[str], keep_trainval: bool) -> list[Record]:
     """The valid records to write; trainval left out where train and val hold it."""
     check = check_index(index)
     if not check.ok:
@@ -96,7 +127,7 @@ def _records(index: DatasetIndex, notes: list[str]) -> list[Record]:
         raise VgkitError(f"{index.name}: no valid expressions to write"
                          + (f" ({check.summary()})" if not check.ok else ""))
     splits = {r.split for r in records}
-    if {"train", "val", "trainval"} <= splits:
+    if {"train", "val", "trainval"} <= splits and not keep_trainval:
         n = sum(r.split == "trainval" for r in records)
         records = [r for r in records if r.split != "trainval"]
         notes.append(f"trainval ({n:,} expressions) not written: it is train + val, which "
@@ -217,12 +248,12 @@ def _pth_item(layout: str, r: Record, file: str, region: str) -> tuple[Any, ...]
 def _pth_writes(records: Sequence[Record], files: Sequence[str], regions: Sequence[str],
                 name: str, out: Path, notes: list[str]) -> list[_Write]:
     layout = name if name in ("flickr", "referit") else "coco"
-    notes.append(f"{layout} layout ("
+    notes.append(f"{layout} layout: "
                  + {"flickr": "(image_file, [x1, y1, x2, y2], phrase)",
                     "referit": "(image_file, region.mat, inclusive [x1, y1, x2 - 1, y2 - 1], "
                                "phrase, [])",
                     "coco": "(image_file, region.pth, [x, y, w, h], phrase, [])"}[layout]
-                 + "); the files hold no image sizes: readers take them from the images")
+                 + "; the files hold no image sizes: readers take them from the images")
     writes = []
     for split, idx in _by_split(records).items():
         items = [_pth_item(layout, records[i], files[i], regions[i]) for i in idx]
