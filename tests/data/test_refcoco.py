@@ -205,7 +205,7 @@ def test_flickr30k(tmp_path):
     assert check_index(ix).ok  # a repeat has its own sent_id: kept, not a duplicate record
     other = load_flickr30k(tmp_path, ["val"], image_dir="flickr/imgs")
     assert other.records[0].image_path == "flickr/imgs/2000.jpg"
-    with pytest.raises(VgkitError, match="pth form only"):
+    with pytest.raises(VgkitError, match="flickr30k has no refer form"):
         load_refcoco(tmp_path, "flickr30k", "refer")
 
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vgkit.cli.common import LiteralConsole, styled, user_errors
+from vgkit.data.convert import TARGETS, convert_source
 from vgkit.data.index import DatasetIndex
 from vgkit.data.prepare import DEFAULT_OUT, LOADERS, prepare_index
 from vgkit.data.referit import DEFAULT_SPLITS
@@ -38,7 +39,9 @@ def prepare(
     root: Path = typer.Option(..., "--root", help="Directory holding the raw annotations."),
     format: str = typer.Option("auto", "--format",
                                help="Annotation form: auto; referit: hu, refer, pth; "
-                               "refcoco, refcoco+, refcocog, refclef: refer, pth; flickr30k: pth."),
+                               "refcoco, refcoco+, refcocog, refclef: refer, pth, simrec, seqtr, "
+                               "mdetr, json (the first json form found); flickr30k: pth, "
+                               "seqtr, json."),
     out: Path | None = typer.Option(None, "--out",
                                     help=f"Index directory [default: ROOT/{DEFAULT_OUT}]."),
     splits: str | None = typer.Option(None, "--splits", help="Comma-separated splits to index "
@@ -80,6 +83,46 @@ def prepare(
     else:
         con.print(f"images: all {miss.images:,} found under {root}")
     _print_problems(con, index.meta, done.check)
+
+
+@app.command()
+@user_errors
+def convert(
+    source: Path = typer.Argument(..., help="An index directory (from `prepare`), or with "
+                                  "--dataset the root of a dataset's raw annotations."),
+    to: str = typer.Option(..., "--to", help=f"Form to write: {', '.join(TARGETS)}."),
+    out: Path = typer.Option(..., "--out", help="Folder to write into (pth: its "
+                             "<name>/<name>_<split>.pth, as TransVG's data/)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Read SOURCE as this "
+                                       f"dataset's raw annotations: {', '.join(LOADERS)}."),
+    format: str = typer.Option("auto", "--format", help="With --dataset: the form to read "
+                               "(as for `prepare`)."),
+    split_by: str | None = typer.Option(None, "--split-by", help="Which published split to "
+                                        "read (with --dataset); refer: the refs(<split_by>).p "
+                                        "name [default: the index's]."),
+    splits: str | None = typer.Option(None, "--splits", help="Comma-separated splits to "
+                                      "write [default: all; trainval only where train and val "
+                                      "are not both there]."),
+    image_dir: str | None = typer.Option(None, "--image-dir", help="The images folder under "
+                                         "the root; files are named relative to it [default: "
+                                         "the index's, else the folder its images share]."),
+    name: str | None = typer.Option(None, "--name", help="Dataset name in the files [default: "
+                                    "pth: unc, unc+, gref, gref_umd, flickr by set; else the "
+                                    "index's]. pth: flickr and referit choose their layouts."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files that exist."),
+) -> None:
+    """Write an index in another form: one-stage pth, refer pickles or COCO-style json."""
+    wanted = None if splits is None else [x.strip() for x in splits.split(",") if x.strip()]
+    done = convert_source(source, to, out, dataset=dataset, format=format, split_by=split_by,
+                          splits=wanted, image_dir=image_dir, name=name, force=force)
+    con = _console()
+    con.print(f"wrote {len(done.files)} files ({to} form) to {out}: "
+              + ", ".join(f"{split} {n:,}" for split, n in done.counts.items())
+              + " expressions")
+    for f in done.files:
+        con.print(f"  {f}")
+    for note in done.notes:
+        con.print(f"note: {note}")
 
 
 def _print_problems(con: Console, meta: dict[str, Any], check: IndexCheck) -> None:

@@ -19,15 +19,16 @@ from typing import Any
 
 from vgkit.data.index import Record
 from vgkit.data.safe_pickle import safe_loads
-from vgkit.data.validate import box_problem
+from vgkit.data.validate import box_problem, image_file
 from vgkit.errors import VgkitError
 from vgkit.text import tokenize
 
-__all__ = ["Problems", "field", "load_pth_file", "make_record", "plan_splits", "read_json",
-           "stem", "xywh_to_xyxy"]
+__all__ = ["HeaderSizes", "Problems", "default_splits", "field", "load_pth_file", "make_record",
+           "plan_splits", "read_json", "stem", "xywh_to_xyxy"]
 
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes kept by surrogateescape
 _MAX_EXAMPLES = 5
+_SPLIT_ORDER = ("train", "val", "trainval", "testA", "testB", "testC", "test")
 
 
 class Problems:
@@ -127,6 +128,44 @@ def plan_splits(splits: Sequence[str], available: Iterable[str], where: str,
                              f"{', '.join(sorted(have)) or '(none)'}")
     return plan
 
+
+
+def default_splits(available: Iterable[str]) -> list[str]:
+    """The splits a form holds in the published order, plus trainval (train + val) if absent."""
+    have = set(available)
+    out = [s for s in _SPLIT_ORDER if s in have] + sorted(have - set(_SPLIT_ORDER))
+    if "trainval" not in have and {"train", "val"} <= have:
+        out.insert(out.index("val") + 1, "trainval")
+    return out
+
+
+class HeaderSizes:
+    """Image sizes from the image header, else (0, 0), for forms that hold none."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cache: dict[str, tuple[int, int]] = {}
+        self.unknown: set[str] = set()
+
+    def get(self, image_path: str) -> tuple[int, int]:
+        """(width, height) of the image at `image_path` under the root; (0, 0) if unreadable."""
+        if image_path not in self.cache:
+            try:
+                from PIL import Image
+
+                with Image.open(image_file(self.root, image_path)) as im:  # header only
+                    self.cache[image_path] = im.size
+            except (OSError, ValueError):
+                self.unknown.add(image_path)
+                self.cache[image_path] = (0, 0)
+        return self.cache[image_path]
+
+    def notes(self) -> list[str]:
+        """A note naming the images whose size is unknown (none when all were read)."""
+        if not self.unknown:
+            return []
+        return [f"size unknown (0x0, boxes not checked against it) for {len(self.unknown):,} "
+                f"images not readable under the root, e.g. {', '.join(sorted(self.unknown)[:3])}"]
 
 
 def field(d: Any, name: str) -> Any:

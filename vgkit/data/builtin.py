@@ -44,16 +44,17 @@ class RefCocoOptions(BaseModel):
     """Options of ``refcoco``, ``refcoco+``, ``refcocog`` and ``refclef``."""
 
     model_config = ConfigDict(extra="forbid")
-    format: str = "auto"  # auto | refer | pth
+    format: str = "auto"  # auto | refer | pth | simrec | seqtr | mdetr | json
     split_by: str | None = None  # None: the dataset's first (unc; refcocog: umd)
     index: str | None = None  # a `vgkit data prepare` directory; default <root>/vgkit-index
     image_dir: str | None = None  # images folder under the root; default per dataset
 
 
 class Flickr30kOptions(BaseModel):
-    """Options of ``flickr30k`` (one-stage ``flickr_<split>.pth`` files)."""
+    """Options of ``flickr30k`` (one-stage ``flickr_<split>.pth`` files or SeqTR's json)."""
 
     model_config = ConfigDict(extra="forbid")
+    format: str = "auto"  # auto | pth | seqtr | json
     index: str | None = None
     image_dir: str | None = None  # default Flickr30k/flickr30k_images
 
@@ -111,11 +112,11 @@ def _refcoco_builder(name: str) -> Callable[..., DatasetIndex]:
 
 
 def build_flickr30k(opts: Flickr30kOptions, *, root: Path) -> DatasetIndex:
-    """Flickr30k Entities from one-stage pth files, or a prepared index."""
+    """Flickr30k Entities from one-stage pth files or SeqTR's json, or a prepared index."""
     from vgkit.data.refcoco import load_flickr30k
 
     return _prepared(opts.index, root, "flickr30k") or load_flickr30k(
-        root, image_dir=opts.image_dir)
+        root, image_dir=opts.image_dir, format=opts.format)
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""RefCOCO, RefCOCO+, RefCOCOg and RefCLEF (``refer`` and one-stage ``pth`` forms), Flickr30k.
+"""RefCOCO, RefCOCO+, RefCOCOg and RefCLEF (``refer``, one-stage ``pth`` and json forms), Flickr30k.
 
 ``refer`` (lichengunc/refer): ``<ds>/refs(<split_by>).p`` (a Python 2 pickle, read
 with :mod:`vgkit.data.safe_pickle`) + ``<ds>/instances.json`` (COCO style). A ref's
@@ -20,6 +20,8 @@ the box taken as continuous xyxy as given. Images: the file name under
 (``image_dir`` overrides). The files hold no image sizes: they come from the image
 header, else 0. ``sent_id`` counts an ann's (Flickr: an image's) items in the file.
 
+The json forms of SimREC, SeqTR and MDETR are read by :mod:`vgkit.data.json_forms`.
+
 ``trainval`` is train followed by val where no file or split holds it. Sentences
 that repeat another of the same ref (Flickr: image and box) in a split are kept,
 counted and named in ``meta["notes"]``; other problems as in
@@ -37,7 +39,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vgkit.data.annotations import (
+    HeaderSizes,
     Problems,
+    default_splits,
     field,
     load_pth_file,
     make_record,
@@ -47,18 +51,18 @@ from vgkit.data.annotations import (
     xywh_to_xyxy,
 )
 from vgkit.data.index import DatasetIndex, Record
+from vgkit.data.json_forms import JSON_FORMATS, find_json_form, json_looked_for, load_json_form
 from vgkit.data.safe_pickle import safe_load
-from vgkit.data.validate import image_file, safe_relpath
+from vgkit.data.validate import safe_relpath
 from vgkit.errors import UnknownNameError, VgkitError
 
 __all__ = ["CLEF_IMAGES", "COCO_IMAGES", "DATASETS", "FLICKR_IMAGES", "FORMATS", "PUBLISHED",
            "detect_format", "load_flickr30k", "load_refcoco"]
 
-FORMATS = ("refer", "pth")  # also the order "auto" tries them in
+FORMATS = ("refer", "pth", *JSON_FORMATS)  # also the order "auto" tries them in
 COCO_IMAGES = "images/mscoco/images/train2014"
 CLEF_IMAGES = "images/saiapr_tc-12"
 FLICKR_IMAGES = "Flickr30k/flickr30k_images"
-_SPLIT_ORDER = ("train", "val", "trainval", "testA", "testB", "testC", "test")
 _CROP_ID = re.compile(r"^\d+_\d+$")
 _TRAILING_ID = re.compile(r"(\d+)$")
 
@@ -128,50 +132,21 @@ def _glob_escape(name: str) -> str:
 
 def detect_format(root: str | os.PathLike[str], dataset: str = "refcoco",
                   split_by: str | None = None) -> str:
-    """Which form `root` holds `dataset` in: "refer" or "pth" (first match in that order)."""
+    """Which form `root` holds `dataset` in: the first of FORMATS whose files it has."""
     spec, sb = _spec(dataset, split_by)
     r = Path(root)
     if dataset != "flickr30k" and _refer_dir(r, dataset, sb):
         return "refer"
     if sb in spec.pth and _pth_dir(r, spec.pth[sb]):
         return "pth"
+    json_form = find_json_form(r, dataset, sb)
+    if json_form:
+        return json_form
     looked = ([f"{dataset}/refs({sb}).p + {dataset}/instances.json"] if dataset != "flickr30k"
               else []) + ([f"{spec.pth[sb]}/{spec.pth[sb]}_<split>.pth"] if sb in spec.pth else [])
+    looked += json_looked_for(dataset, sb).values()
     raise VgkitError(f"{r}: no {dataset} ({sb or 'pth'}) annotations found; looked in {r}, "
                      f"annotations/ and data/ for " + " or ".join(looked))
-
-
-class _HeaderSizes:
-    """Image sizes from the image header, else (0, 0) (the pth form has none)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.cache, self.unknown = root, {}, set()  # type: ignore[var-annotated]
-
-    def get(self, image_path: str) -> tuple[int, int]:
-        if image_path not in self.cache:
-            try:
-                from PIL import Image
-
-                with Image.open(image_file(self.root, image_path)) as im:  # header only
-                    self.cache[image_path] = im.size
-            except (OSError, ValueError):
-                self.unknown.add(image_path)
-                self.cache[image_path] = (0, 0)
-        return self.cache[image_path]
-
-    def notes(self) -> list[str]:
-        if not self.unknown:
-            return []
-        return [f"size unknown (0x0, boxes not checked against it) for {len(self.unknown):,} "
-                f"images not readable under the root, e.g. {', '.join(sorted(self.unknown)[:3])}"]
-
-
-def _default_splits(available: Sequence[str]) -> list[str]:
-    have = set(available)
-    out = [s for s in _SPLIT_ORDER if s in have] + sorted(have - set(_SPLIT_ORDER))
-    if "trainval" not in have and {"train", "val"} <= have:
-        out.insert(out.index("val") + 1, "trainval")
-    return out
 
 
 def _load_refer(root: Path, dataset: str, split_by: str, splits: Sequence[str] | None,
@@ -191,7 +166,7 @@ def _load_refer(root: Path, dataset: str, split_by: str, splits: Sequence[str] |
     for ref in refs:
         by_split[str(field(ref, "split"))].append(ref)
     where = f"{dataset}/{refs_name}"
-    plan = plan_splits(splits or _default_splits(list(by_split)), by_split, str(rdir / refs_name),
+    plan = plan_splits(splits or default_splits(list(by_split)), by_split, str(rdir / refs_name),
                        dataset)
     records: list[Record] = []
     for split, sources in plan.items():
@@ -230,10 +205,10 @@ def _load_pth(root: Path, name: str, splits: Sequence[str] | None, p: Problems, 
         raise VgkitError(f"{root}: no {name}_<split>.pth in {root}, annotations/ or data/ "
                          f"(or their {name}/ folders)")
     avail = _pth_splits(base, name)
-    sizes = _HeaderSizes(root)
+    sizes = HeaderSizes(root)
     shape = "(image_file, box, phrase)" if flickr else "(image_file, mask_file, box, phrase, ...)"
     records: list[Record] = []
-    for split, sources in plan_splits(splits or _default_splits(avail), avail, str(base),
+    for split, sources in plan_splits(splits or default_splits(avail), avail, str(base),
                                       name).items():
         for src in sources:
             path = base / f"{name}_{src}.pth"
@@ -281,45 +256,73 @@ def _repeats(records: Sequence[Record]) -> list[str]:
             f"{', '.join(examples[split])}" for split, n in counts.items()]
 
 
-def load_refcoco(root: str | os.PathLike[str], dataset: str = "refcoco", format: str = "auto",
-                 split_by: str | None = None, splits: Sequence[str] | None = None, *,
-                 strict: bool = False, image_dir: str | None = None) -> DatasetIndex:
-    """Load refcoco, refcoco+, refcocog, refclef or flickr30k from `root` as one index.
-
-    `splits` None: every split the form holds, plus trainval (train + val) where missing.
-    """
-    spec, sb = _spec(dataset, split_by)
-    r = Path(root)
-    if not r.is_dir():
-        raise VgkitError(f"{dataset} root {r} is not a directory")
-    fmt = detect_format(r, dataset, sb) if format == "auto" else format
+def _resolve_format(r: Path, dataset: str, spec: _Spec, sb: str, format: str) -> str:
+    """The form to read: `format`, or the first found for "auto" / "json"; checked it applies."""
+    if format == "json":
+        fmt = find_json_form(r, dataset, sb)
+        if fmt is None:
+            looked = json_looked_for(dataset, sb).values()
+            raise VgkitError(f"{r}: no {dataset} ({sb or 'json'}) json form found; looked in "
+                             f"{r}, annotations/ and data/ for " + (" or ".join(looked) or
+                                                                   "nothing: none holds it"))
+    else:
+        fmt = detect_format(r, dataset, sb) if format == "auto" else format
     if fmt not in FORMATS:
-        raise UnknownNameError(f"{dataset} format", fmt, [*FORMATS, "auto"])
+        raise UnknownNameError(f"{dataset} format", fmt, [*FORMATS, "json", "auto"])
     if fmt == "pth" and sb not in spec.pth:
         raise VgkitError(f"{dataset} ({sb}) has no one-stage pth form"
                          + ("; ReferIt's referit_<split>.pth is the `referit` dataset"
                             if dataset == "refclef" else ""))
     if fmt == "refer" and dataset == "flickr30k":
-        raise VgkitError("flickr30k is read in its one-stage pth form only (--format pth)")
+        raise VgkitError("flickr30k has no refer form: read its one-stage pth form "
+                         "(--format pth) or SeqTR's json (--format seqtr)")
+    return fmt
+
+
+def _source_box(fmt: str, dataset: str) -> str:
+    if fmt == "refer":
+        return "COCO [x, y, w, h] (instances.json) -> (x, y, x + w, y + h)"
+    if fmt == "pth":
+        return ("[x1, y1, x2, y2] as given" if dataset == "flickr30k"
+                else "COCO [x, y, w, h] floats -> (x, y, x + w, y + h)")
+    return f"[x, y, w, h] ({fmt} json) -> (x, y, x + w, y + h)"
+
+
+def load_refcoco(root: str | os.PathLike[str], dataset: str = "refcoco", format: str = "auto",
+                 split_by: str | None = None, splits: Sequence[str] | None = None, *,
+                 strict: bool = False, image_dir: str | None = None) -> DatasetIndex:
+    """Load refcoco, refcoco+, refcocog, refclef or flickr30k from `root` as one index.
+
+    `format`: refer, pth, simrec, seqtr, mdetr; "json" the first json form found, "auto"
+    the first form found. `splits` None: every split the form holds, plus trainval
+    (train + val) where missing.
+    """
+    spec, sb = _spec(dataset, split_by)
+    r = Path(root)
+    if not r.is_dir():
+        raise VgkitError(f"{dataset} root {r} is not a directory")
+    fmt = _resolve_format(r, dataset, spec, sb, format)
     images = (safe_relpath(image_dir, "image_dir option") if image_dir else spec.images)
     if isinstance(splits, str):
         splits = (splits,)
     p = Problems(strict, dataset)
     if fmt == "refer":
         records, notes = _load_refer(r, dataset, sb, splits, p, images)
-        box = "COCO [x, y, w, h] (instances.json) -> (x, y, x + w, y + h)"
-    else:
+    elif fmt == "pth":
         records, notes = _load_pth(r, spec.pth[sb], splits, p, images, dataset == "flickr30k")
-        box = ("[x1, y1, x2, y2] as given" if dataset == "flickr30k"
-               else "COCO [x, y, w, h] floats -> (x, y, x + w, y + h)")
+    else:
+        records, notes = load_json_form(fmt, r, dataset, sb, splits, p, images)
     meta: dict[str, Any] = {"format": fmt, "split_by": sb, "root": str(r.resolve()),
-                            "image_dir": images, "source_box": box,
+                            "image_dir": images, "source_box": _source_box(fmt, dataset),
                             "published": PUBLISHED.get((dataset, sb), {}),
                             "problems": p.as_meta(), "notes": notes + _repeats(records)}
     return DatasetIndex(records, name=dataset, source=fmt, meta=meta)
 
 
 def load_flickr30k(root: str | os.PathLike[str], splits: Sequence[str] | None = None, *,
-                   strict: bool = False, image_dir: str | None = None) -> DatasetIndex:
-    """Flickr30k Entities in the one-stage pth form (``flickr_<split>.pth``) as one index."""
-    return load_refcoco(root, "flickr30k", "pth", None, splits, strict=strict, image_dir=image_dir)
+                   strict: bool = False, image_dir: str | None = None,
+                   format: str = "auto") -> DatasetIndex:
+    """Flickr30k Entities as one index: the one-stage pth form (``flickr_<split>.pth``) or
+    SeqTR's json (``flickr30k/instances.json``); "auto" takes the first found in that order."""
+    return load_refcoco(root, "flickr30k", format, None, splits, strict=strict,
+                        image_dir=image_dir)
