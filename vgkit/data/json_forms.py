@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from vgkit.data.annotations import (
     HeaderSizes,
@@ -172,8 +172,11 @@ def _image_name(dataset: str, iid: Any, where: str, key: str) -> str:
 
 def _size(d: dict[str, Any]) -> tuple[int, int] | None:
     w, h = d.get("width"), d.get("height")
-    ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h))
-    return (w, h) if ok else None
+    return (w, h) if _positive(w) and _positive(h) else None
+
+
+def _positive(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def _split_lists(data: Any, path: Path) -> dict[str, list[Any]]:
