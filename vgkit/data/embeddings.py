@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from rich import progress as rp
 from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -54,6 +53,7 @@ from safetensors.torch import save_file
 from vgkit.data.embeddings_npy import npy_vectors, word_index_for
 from vgkit.errors import VgkitError
 from vgkit.pretrained import is_packaged, packaged_file
+from vgkit.progress import progress_bar
 from vgkit.text import PAD, SPECIALS, Vocabulary
 
 FORMATS = ("auto", "glove", "word2vec")
@@ -226,7 +226,8 @@ def _load_uncached(
     if src.index is not None:
         exact, fallback, stats = npy_vectors(src.path, src.index, words, folded, dim)
     else:
-        with src.open() as f, _progress_bar(src, progress) as advance:
+        reading = f"reading {src.member or src.path.name}"
+        with src.open() as f, progress_bar(reading, src.total, "bytes", enabled=progress) as advance:
             exact, fallback, stats = _stream_vectors(f, src.display, words, folded, dim, fmt,
                                                      advance)
     rows = {**fallback, **exact}  # an exact match anywhere in the file beats the fallback
@@ -413,21 +414,6 @@ def _write_cache(path: Path, key: dict[str, Any], result: EmbeddingResult) -> No
 
 
 # --------------------------------------------------------------------------- display
-
-
-@contextlib.contextmanager
-def _progress_bar(src: _Source, enabled: bool) -> Iterator[Any]:
-    """Yield ``advance(nbytes)``; a rich bar over the file bytes when enabled."""
-    if not enabled:
-        yield lambda n: None
-        return
-    columns: tuple[rp.ProgressColumn, ...] = (
-        rp.TextColumn("reading {task.description}", markup=False), rp.BarColumn())
-    columns += (rp.DownloadColumn(), rp.TransferSpeedColumn(), rp.TimeRemainingColumn())
-    name = src.member or src.path.name
-    with rp.Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(name, total=src.total)
-        yield lambda n: bar.advance(task, n)
 
 
 def _report(result: EmbeddingResult, enabled: bool, *, cached: bool) -> None:
