@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from vgkit.cli.common import console, styled, user_errors
-from vgkit.errors import VgkitError
 
 app = typer.Typer(help="Extract and inspect frozen-backbone feature caches.", no_args_is_help=True)
 
@@ -28,40 +28,25 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
 ) -> None:
     """Run a frozen backbone once over every image of a dataset into an fp16 memory-mapped cache."""
-    from vgkit.data.features import FeatureCache, extract_features, image_table
-    from vgkit.data.images import ImageTransform
-    from vgkit.distributed import device_for, init_distributed
-    from vgkit.plugins import get_registry
+    from vgkit.data.features import extract_dataset
+    from vgkit.distributed import init_distributed
 
-    if resize not in ("stretch", "letterbox"):
-        raise VgkitError(f"--resize {resize!r}: expected stretch or letterbox")
-    info = init_distributed()
-    registry = get_registry()
-    root = root or Path("data") / dataset
-    index = registry.build("dataset", dataset, {}, root=root)
-    bb = registry.build("backbone", backbone, {"weights": str(weights) if weights else None})
-    if not bb.frozen:
-        raise VgkitError(f"backbone {backbone!r} is trainable: only frozen backbones are cached")
-    if image_size % bb.stride or image_size < bb.stride:
-        raise VgkitError(f"--image-size {image_size}: not a positive multiple of {backbone}'s "
-                         f"stride {bb.stride}")
-    transform = ImageTransform((image_size, image_size), resize)  # type: ignore[arg-type]
-    dev = device_for(info, device)
-    n = len(image_table(index))
-    if info.is_main:
+    def announce(n: int, bb: Any, dev: Any) -> None:
         console.print(f"{dataset}: {n:,} images -> {backbone} on {dev} "
                       f"({image_size}x{image_size}, {resize})")
+
     t0 = time.perf_counter()
-    path = extract_features(bb, transform, index, root, out, batch_size=batch_size,
-                            workers=workers, device=dev, dist_info=info)
-    if info.is_main:
-        cache = FeatureCache.open(path)
+    cache = extract_dataset(dataset, backbone, root=root, weights=weights, image_size=image_size,
+                            resize=resize, out=out, batch_size=batch_size, workers=workers,
+                            device=device, on_start=announce)
+    if init_distributed().is_main:
         secs = time.perf_counter() - t0
-        console.print(styled("cache complete", "green", f": {path}  {tuple(cache.features.shape)} float16, "
-                      f"{cache.features.nbytes / 2**20:,.0f} MiB, {secs:.1f}s"))
+        console.print(styled("cache complete", "green", f": {cache.directory}  "
+                             f"{tuple(cache.features.shape)} float16, "
+                             f"{cache.features.nbytes / 2**20:,.0f} MiB, {secs:.1f}s"))
         if cache.bad:
-            console.print(styled(f"{len(cache.bad)} unreadable images", "yellow", " stored as zeros and "
-                          f"skipped in training: {', '.join(sorted(cache.bad)[:5])}"))
+            console.print(styled(f"{len(cache.bad)} unreadable images", "yellow", " stored as "
+                                 f"zeros and skipped in training: {', '.join(sorted(cache.bad)[:5])}"))
 
 
 @app.command("info")

@@ -263,3 +263,37 @@ def _finish(out: Path, plan: dict[str, Any]) -> None:
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=1))
+
+
+def extract_dataset(dataset: str, backbone: str, *, root: str | os.PathLike[str] | None = None,
+                    weights: str | os.PathLike[str] | None = None, image_size: int = 224,
+                    resize: str = "stretch", out: str | os.PathLike[str] | None = None,
+                    batch_size: int = 32, workers: int = 2, device: str = "auto",
+                    on_start: Any = None) -> FeatureCache:
+    """Extract (or resume) the cache of a registered dataset's images with a registered,
+    frozen backbone at a square `image_size`; return the complete cache.
+
+    `on_start(n_images, backbone, device)` is called on rank 0 before the work begins.
+    """
+    from vgkit.distributed import device_for, init_distributed
+    from vgkit.plugins import get_registry
+
+    if resize not in ("stretch", "letterbox"):
+        raise VgkitError(f"--resize {resize!r}: expected stretch or letterbox")
+    info = init_distributed()
+    registry = get_registry()
+    data_root = Path(root) if root is not None else Path("data") / dataset
+    index = registry.build("dataset", dataset, {}, root=data_root)
+    bb = registry.build("backbone", backbone, {"weights": str(weights) if weights else None})
+    if not bb.frozen:
+        raise VgkitError(f"backbone {backbone!r} is trainable: only frozen backbones are cached")
+    if image_size % bb.stride or image_size < bb.stride:
+        raise VgkitError(f"--image-size {image_size}: not a positive multiple of {backbone}'s "
+                         f"stride {bb.stride}")
+    transform = ImageTransform((image_size, image_size), resize)  # type: ignore[arg-type]
+    dev = device_for(info, device)
+    if info.is_main and on_start is not None:
+        on_start(len(image_table(index)), bb, dev)
+    path = extract_features(bb, transform, index, data_root, out, batch_size=batch_size,
+                            workers=workers, device=dev, dist_info=info)
+    return FeatureCache.open(path)
