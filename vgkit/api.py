@@ -200,17 +200,12 @@ def load(run: str | os.PathLike[str], which: str = "best", device: str = "auto")
 def train(recipe: str | Recipe, out: str | os.PathLike[str], overrides: Sequence[str] = (), *,
           device: str = "auto", resume: bool = False, progress: bool = True) -> Path:
     """Train a recipe (a name, a file, or a loaded Recipe) into run folder `out`; return it."""
-    from vgkit.engine.rundir import RunDir
-    from vgkit.engine.train import Trainer
+    from vgkit.engine.train import train_run
     from vgkit.plugins import get_registry
     from vgkit.recipe import load_recipe
 
     reg = get_registry()
     rec = load_recipe(recipe, list(overrides), registry=reg) if isinstance(recipe, str) else recipe
     run = Path(out)
-    RunDir(run).check_for_training(resume)
-    with Trainer(rec, reg, run, device=device, progress=progress) as trainer:
-        if resume:
-            trainer.resume()
-        trainer.fit()
+    train_run(rec, reg, run, device=device, resume=resume, progress=progress)
     return run

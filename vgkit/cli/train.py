@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def train(
         os.execvp(sys.executable, [sys.executable, "-m", "torch.distributed.run",
                                    "--nproc-per-node", str(nproc), "-m", "vgkit", *args])
     from vgkit.engine.rundir import RunDir
-    from vgkit.engine.train import Trainer
+    from vgkit.engine.train import Trainer, train_run
     from vgkit.plugins import get_registry
     from vgkit.recipe import load_recipe
 
@@ -43,34 +42,29 @@ def train(
     registry = get_registry()
     rec = load_recipe(recipe, overrides, registry=registry)
     run = out or Path("runs") / rec.name
-    rundir = RunDir(run)
-    rundir.check_for_training(resume)
-    trainer = Trainer(rec, registry, run, device=device, progress=not quiet,
-                      cache_dir=str(cache_dir) if cache_dir else None)
-    if resume:
-        trainer.resume()
-    if trainer.info.is_main:
-        n = sum(p.numel() for p in trainer.params)
-        console.print(f"training {rec.name} on {trainer.device} x{trainer.info.world}: "
-                      f"{len(trainer.train_set):,} expressions, {n:,} trainable parameters -> {run}")
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop, like Ctrl-C
+    main = True  # rank 0 prints
+
+    def announce(trainer: Trainer) -> None:
+        nonlocal main
+        main = trainer.info.is_main
+        if main:
+            n = sum(p.numel() for p in trainer.params)
+            console.print(f"training {rec.name} on {trainer.device} x{trainer.info.world}: "
+                          f"{len(trainer.train_set):,} expressions, {n:,} trainable parameters "
+                          f"-> {run}")
+
     try:
-        state = trainer.fit()
-    except KeyboardInterrupt:
-        if trainer.info.is_main:
-            console.print(styled("interrupted", "yellow", f": saved {rundir.last}; continue with --resume"))
+        state = train_run(rec, registry, run, device=device, resume=resume, progress=not quiet,
+                          cache_dir=str(cache_dir) if cache_dir else None, on_start=announce)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from kill, Slurm or torchrun
+        if main:
+            last = RunDir(run).last
+            console.print(styled("interrupted", "yellow", f": saved {last}; continue with --resume"
+                                 if last.is_file() else ": before the first checkpoint"))
         raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        trainer.close()  # the run directory is free for the next writer
-    if trainer.info.is_main:
+    if main:
         console.print(styled("done", "green", f": best val Acc@0.5 {state.best:.2%} -> "
-                      f"{rundir.best}"))
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM (kill, Slurm's time limit, torchrun stopping its workers) saves like Ctrl-C."""
-    raise KeyboardInterrupt
+                             f"{RunDir(run).best}"))
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,6 +292,44 @@ class Trainer:
             if improved:
                 self.save("best")
         barrier()
+
+
+def train_run(recipe: Recipe, registry: Registry, out: Path, *, device: str = "auto",
+              resume: bool = False, progress: bool = True, cache_dir: str | None = None,
+              on_start: Callable[[Trainer], None] | None = None) -> TrainState:
+    """Train `recipe` into run folder `out` (or continue it with `resume`) to the end.
+
+    A folder that holds a run is refused unless resuming. SIGTERM (``kill``, a
+    scheduler's time limit, torchrun stopping its workers) stops like Ctrl-C: the
+    current step is saved as ``last`` and KeyboardInterrupt is raised; ``resume``
+    continues exactly. `on_start(trainer)` runs once the data and model are ready.
+    """
+    RunDir(out).check_for_training(resume)
+    with Trainer(recipe, registry, out, device=device, progress=progress,
+                 cache_dir=cache_dir) as trainer:
+        if resume:
+            trainer.resume()
+        if on_start is not None:
+            on_start(trainer)
+        with _sigterm_interrupts():
+            return trainer.fit()
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the block (where signals can be set: the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def embedding_dim(recipe: Recipe, registry: Registry) -> int | None:
