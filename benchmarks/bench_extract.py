@@ -26,9 +26,9 @@ from common import (
 )
 from vgkit_endo2017.backbones import BackboneOptions, build_vgg16
 
+from vgkit.data.features import FeatureCache, extract_features, image_table
 from vgkit.data.images import ImageTransform, read_image
 from vgkit.data.synth import ensure_synthetic
-from vgkit.features import FeatureCache, extract_features, image_table
 
 NAME = "bench_extract"
 

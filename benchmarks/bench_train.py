@@ -26,7 +26,7 @@ from common import (
 
 from vgkit.data.synth import ensure_synthetic
 from vgkit.distributed import DistInfo
-from vgkit.engine.data import DataBundle, ExprSet, eval_order
+from vgkit.engine.bundle import DataBundle, ExprSet, eval_order
 from vgkit.engine.evaluate import predict
 from vgkit.model import build_model, compute_loss
 from vgkit.plugins import get_registry

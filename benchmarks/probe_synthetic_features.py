@@ -46,7 +46,7 @@ def load_objects(root: Path) -> tuple[list[dict], dict[str, str]]:
 
 def open_cache(root: Path, name: str | None):
     """The dataset's feature cache (the only one under root/features, or `name`)."""
-    from vgkit.features import FeatureCache
+    from vgkit.data.features import FeatureCache
 
     dirs = sorted(p for p in (root / "features").glob("*") if (p / "manifest.json").is_file())
     if name:

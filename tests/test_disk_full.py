@@ -22,12 +22,12 @@ from safetensors import SafetensorError
 from torch import nn
 from typer.testing import CliRunner
 
-from vgkit.cli_common import user_errors
+from vgkit.cli.common import user_errors
+from vgkit.data.features import DONE, FeatureCache, cache_spec, extract_features, image_table
 from vgkit.data.images import ImageTransform, read_image
 from vgkit.data.synth import generate, load_synthetic
 from vgkit.engine import checkpoint as ckpt
 from vgkit.errors import VgkitError
-from vgkit.features import DONE, FeatureCache, cache_spec, extract_features, image_table
 from vgkit.fsutil import DiskFullError
 
 TF = ImageTransform((64, 64))

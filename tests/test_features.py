@@ -16,11 +16,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from vgkit.cli import app
+from vgkit.data.features import FeatureCache, cache_spec, extract_features, image_table
 from vgkit.data.images import ImageTransform, read_image
 from vgkit.data.index import DatasetIndex
 from vgkit.data.synth import generate
 from vgkit.errors import VgkitError
-from vgkit.features import FeatureCache, cache_spec, extract_features, image_table
 
 runner = CliRunner()
 
@@ -191,7 +191,7 @@ from test_features import TinyFrozen
 from vgkit.data.images import ImageTransform
 from vgkit.data.synth import load_synthetic
 from vgkit.distributed import init_distributed
-from vgkit.features import extract_features
+from vgkit.data.features import extract_features
 info = init_distributed()
 bb = TinyFrozen()
 extract_features(bb, ImageTransform((64, 64)), load_synthetic({str(synth)!r}), {str(synth)!r},

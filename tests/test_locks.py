@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+from vgkit.data.features import FeatureCache, cache_spec, extract_features, image_table
 from vgkit.data.images import ImageTransform, read_image
 from vgkit.data.synth import generate, load_synthetic
-from vgkit.features import FeatureCache, cache_spec, extract_features, image_table
 from vgkit.fsutil import HOLDER_FILE, FolderLockedError, folder_lock
 
 TRAIN = ["data.image_size=[64, 64]", "train.epochs=1", "train.batch_size=4", "train.workers=0",
@@ -99,7 +99,7 @@ def test_second_features_extract_fails_at_once_and_the_first_cache_is_complete(s
         "from test_locks import GatedTiny\n"
         "from vgkit.data.images import ImageTransform\n"
         "from vgkit.data.synth import load_synthetic\n"
-        "from vgkit.features import extract_features\n"
+        "from vgkit.data.features import extract_features\n"
         f"extract_features(GatedTiny({str(gate)!r}), ImageTransform((64, 64)), "
         f"load_synthetic({str(synth)!r}), {str(synth)!r}, {str(out)!r}, batch_size=4, "
         "workers=0, progress=False)\nprint('first done')")

@@ -193,11 +193,11 @@ class Grounder:
 def load(run: str | os.PathLike[str], which: str = "best", device: str = "auto") -> Grounder:
     """A trained run (its folder, or one checkpoint file) as a :class:`Grounder`."""
     from vgkit.distributed import DistInfo, device_for
+    from vgkit.engine.rundir import check_which
     from vgkit.engine.train import load_trained
     from vgkit.plugins import get_registry
 
-    if which not in ("best", "last"):
-        raise VgkitError(f"which={which!r}: choose best or last")
+    check_which(which, "which=")
     dev = device_for(DistInfo(), device)
     path = Path(run)
     model, recipe, _, _ = load_trained(path, get_registry(), which=which, device=dev)
@@ -207,14 +207,15 @@ def load(run: str | os.PathLike[str], which: str = "best", device: str = "auto")
 def train(recipe: str | Recipe, out: str | os.PathLike[str], overrides: Sequence[str] = (), *,
           device: str = "auto", resume: bool = False, progress: bool = True) -> Path:
     """Train a recipe (a name, a file, or a loaded Recipe) into run folder `out`; return it."""
-    from vgkit.engine.train import Trainer, check_run_dir
+    from vgkit.engine.rundir import RunDir
+    from vgkit.engine.train import Trainer
     from vgkit.plugins import get_registry
     from vgkit.recipe import load_recipe
 
     reg = get_registry()
     rec = load_recipe(recipe, list(overrides), registry=reg) if isinstance(recipe, str) else recipe
     run = Path(out)
-    check_run_dir(run, resume)
+    RunDir(run).check_for_training(resume)
     with Trainer(rec, reg, run, device=device, progress=progress) as trainer:
         if resume:
             trainer.resume()

@@ -176,3 +176,25 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
     return trainable, frozen
+
+
+def parameter_counts(model: GroundingModel) -> list[tuple[str, int, int]]:
+    """(part, trainable, frozen) for the backbone, the text encoder, each attention module
+    (``attention.<i>``) and the head, then ``total``."""
+    parts: list[tuple[str, nn.Module]] = [("backbone", model.backbone),
+                                          ("text_encoder", model.text_encoder)]
+    parts += [(f"attention.{i}", a) for i, a in enumerate(model.attention)]
+    parts += [("head", model.head), ("total", model)]
+    return [(label, *count_parameters(module)) for label, module in parts]
+
+
+def describe_recipe_model(recipe: Any, registry: Any) -> GroundingModel:
+    """The recipe's model built without pretrained weights (to count and describe it)."""
+    import warnings
+
+    with warnings.catch_warnings():  # counting parameters needs no pretrained weights
+        warnings.simplefilter("ignore")
+        bb = registry.get("backbone", recipe.model.backbone.name)
+        no_weights = {"weights": None} if "weights" in bb.options.model_fields else {}
+        model, _ = build_model(recipe, registry, backbone_options=no_weights)
+    return model

@@ -118,7 +118,7 @@ def test_packaged_glove_is_the_real_glove_6b_50d(tmp_path):
 
 
 def test_recipe_names_the_packaged_glove(registry, real_dir, tmp_path, monkeypatch):
-    from vgkit.engine.data import DataBundle
+    from vgkit.engine.bundle import DataBundle
     from vgkit.recipe import load_recipe
 
     root = real_dir

@@ -218,7 +218,7 @@ def test_fixture_is_consistent():
 def test_cli_prepare_prints_counts(tmp_path):
     from typer.testing import CliRunner
 
-    from vgkit.cli_data import app
+    from vgkit.cli.data import app
 
     root = write_images(write_pth(write_refer(tmp_path / "r")))
     run = CliRunner().invoke

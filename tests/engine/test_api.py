@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import vgkit
-from vgkit.engine.data import DataBundle
+from vgkit.engine.bundle import DataBundle
 from vgkit.engine.evaluate import predict
 from vgkit.engine.train import load_trained
 

@@ -12,7 +12,7 @@ from vgkit.engine.baselines import (
     constant_box_scores,
     phrase_blind_accuracy,
 )
-from vgkit.engine.data import ExprSet
+from vgkit.engine.bundle import ExprSet
 
 
 def _exprs(records: list[Record]) -> ExprSet:

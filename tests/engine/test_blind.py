@@ -22,7 +22,7 @@ def _no_images(monkeypatch) -> None:
     """Make any attempt to open an image (PIL) or a feature cache fail the test."""
     import PIL.Image
 
-    import vgkit.engine.data as engine_data
+    import vgkit.engine.bundle as engine_data
 
     def refuse(*_a, **_k):
         raise AssertionError("a blind model opened an image or a feature cache")

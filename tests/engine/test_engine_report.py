@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vgkit.data.index import Record
-from vgkit.engine.data import ExprSet
+from vgkit.engine.bundle import ExprSet
 from vgkit.engine.evaluate import Predictions
 from vgkit.engine.report import (
     breakdowns,

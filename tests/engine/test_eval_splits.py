@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vgkit.data.index import Record
-from vgkit.engine.data import ExprSet, eval_order
+from vgkit.engine.bundle import ExprSet, eval_order
 from vgkit.engine.evaluate import ious, predict, predict_splits, split_scores
 from vgkit.engine.protocols import parse_protocols
 from vgkit.engine.run import choose_splits, evaluate_splits

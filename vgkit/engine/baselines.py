@@ -16,12 +16,13 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from vgkit.data.index import DatasetIndex
-from vgkit.engine.data import ExprSet
+from vgkit.engine.bundle import ExprSet
 from vgkit.engine.evaluate import IoUConvention, gt_boxes, ious
 
 
@@ -87,3 +88,22 @@ def phrase_blind_accuracy(index: DatasetIndex, exprs: ExprSet, root: Path | None
         objs = objects[r.image_id]
         total += (ious(objs, gt[k].expand_as(objs), convention) >= 0.5).float().mean().item()
     return total / max(len(exprs), 1)
+
+
+def evaluation_baselines(ev: Any, convention: IoUConvention = "continuous") -> dict[str, Any]:
+    """The three baselines on an evaluated split (:class:`vgkit.engine.run.Evaluated`).
+
+    The constant box is fit on the recipe's training split and applied to the
+    evaluated split; the numbers are what ``vgkit eval`` prints beside its own.
+    """
+    train_split = ev.recipe.data.train_split
+    box = best_constant_box(ev.bundle.split(train_split))
+    exprs = ev.preds.exprs
+    whole = constant_box_scores(WHOLE_IMAGE, exprs, convention)
+    const = constant_box_scores(box, exprs, convention)
+    return {"whole_image": whole["acc@0.5"], "whole_image_miou": whole["miou"],
+            "constant_box": const["acc@0.5"], "constant_box_miou": const["miou"],
+            "constant_box_xyxy_fraction": [round(v, 4) for v in box.tolist()],
+            "constant_box_fit_on": train_split,
+            "phrase_blind": phrase_blind_accuracy(ev.bundle.index, exprs, ev.bundle.root,
+                                                  convention)}

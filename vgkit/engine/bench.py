@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from vgkit.engine.report import number, percent
 from vgkit.errors import VgkitError
 from vgkit.recipe import load_recipe
 from vgkit.registry import Registry
@@ -57,3 +58,27 @@ def bench_row(checkpoint: Path, ev: Any, metrics: dict[str, Any], memory: tuple[
             "refs_per_s": metrics["scored"] / max(ev.seconds, 1e-9), "seconds": ev.seconds,
             "peak_memory_bytes": memory[0], "peak_memory_kind": memory[1],
             "device": str(ev.device)}
+
+
+def _mib(b: int) -> str:
+    return f"{b / 2**20:,.0f} MiB"
+
+
+def bench_markdown(published: list[dict[str, Any]], rows: list[dict[str, Any]], split: str) -> str:
+    """The published rows and the checkpoints' rows as a Markdown page."""
+    lines = ["# vgkit bench", "", "## Published (declared by the recipes; Acc@0.5)", "",
+             "| source | setting | method / recipe | dataset | split | Acc@0.5 |",
+             "|---|---|---|---|---|---:|"]
+    lines += [f"| {p['source']} | {p['setting']} | {p['method'] or p['recipe']} | {p['dataset']} "
+              f"| {p['split']} | {percent(p['acc@0.5'])} |" for p in published]
+    lines += ["", f"## Checkpoints ({split} split; continuous IoU, original pixels)", ""]
+    if not rows:
+        return "\n".join([*lines, "(none evaluated)", ""])
+    lines += ["| recipe | dataset | reported setting | reported Acc@0.5 | Acc@0.5 | mean IoU | n "
+              "| refs/s | peak memory | device |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {r['dataset']} | {r['reported_setting'] or '-'} "
+                     f"| {percent(r['reported_acc@0.5'])} | {percent(r['acc@0.5'])} | {number(r['miou'])} "
+                     f"| {r['n']} | {r['refs_per_s']:.1f} | {_mib(r['peak_memory_bytes'])} "
+                     f"({r['peak_memory_kind']}) | {r['device']} |")
+    return "\n".join([*lines, ""])

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from vgkit.boxes import iou
 from vgkit.data.index import Record
-from vgkit.engine.data import UNREADABLE, DataBundle, ExprSet, eval_order
+from vgkit.engine.bundle import UNREADABLE, DataBundle, ExprSet, eval_order
 from vgkit.engine.protocols import Protocol, accuracies
 from vgkit.model import GroundingModel
 

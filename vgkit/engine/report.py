@@ -38,6 +38,16 @@ SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
 NO_TYPE = "(none)"
 
 
+def percent(x: float | None) -> str:
+    """A share as ``12.34%`` (``-`` for none)."""
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def number(x: float | None) -> str:
+    """A metric such as mean IoU to three decimals (``-`` for none)."""
+    return "-" if x is None else f"{x:.3f}"
+
+
 def phrase_length(record: Record) -> int:
     """Token count of a record (its stored tokens, else the phrase tokenized)."""
     return len(record.tokens) if record.tokens else len(tokenize(record.phrase))

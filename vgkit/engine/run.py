@@ -6,6 +6,7 @@ The library side of ``vgkit eval`` and ``vgkit bench`` (and of
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from vgkit.engine.rundir import check_which
 from vgkit.errors import VgkitError
 
 
@@ -31,11 +33,6 @@ class Evaluated:
     own_dataset: bool  # the dataset the run was trained on (no --dataset to another)
     seconds: float  # the predict call alone
     device: torch.device
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory of a run directory or of a checkpoint file inside one."""
-    return checkpoint.parent.parent if checkpoint.is_file() else checkpoint
 
 
 def retarget(recipe: Any, registry: Any, dataset: str | None, root: Path | None) -> Any:
@@ -57,12 +54,11 @@ def _prepared(checkpoint: Path, which: str, dataset: str | None, root: Path | No
               progress: bool, cache_dir: Path | None) -> tuple[Any, Any, Any, bool, torch.device]:
     """(model, recipe, bundle, own dataset?, device): a run's model and its data made ready."""
     from vgkit.distributed import DistInfo, device_for
-    from vgkit.engine.data import DataBundle
+    from vgkit.engine.bundle import DataBundle
     from vgkit.engine.train import load_trained
     from vgkit.plugins import get_registry
 
-    if which not in ("best", "last"):
-        raise VgkitError(f"--which {which!r}: choose best or last")
+    check_which(which)
     dev = device_for(DistInfo(), device)
     registry = get_registry()
     model, recipe, vocab, _ = load_trained(checkpoint, registry, which=which, device=dev)
@@ -192,3 +188,52 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
         return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024), "process peak RSS"
+
+
+CONVENTIONS = ("continuous", "inclusive")
+
+
+def report_evaluation(ev: Evaluated, checkpoint: Path, *, which: str = "best",
+                      convention: str = "continuous", errors: bool = False,
+                      predictions: Path | None = None, gallery: Path | None = None,
+                      gallery_n: int = 24) -> tuple[dict[str, Any], Path]:
+    """Everything ``vgkit eval`` reports on an evaluated split, and the files it writes.
+
+    Computes Acc@0.5, mean IoU, the breakdowns, the phrase-blind baselines and (with
+    `errors`) the failure buckets; writes the predictions JSONL (default
+    ``RUN/predictions-<split>.jsonl``), the gallery when `gallery` is given, and
+    ``RUN/eval-<split>.json`` (``<dataset>-<split>`` when evaluated on another dataset).
+    Returns that JSON's content and its path.
+    """
+    from vgkit.engine.baselines import evaluation_baselines
+    from vgkit.engine.failures import evaluation_failures
+    from vgkit.engine.report import breakdowns, prediction_ious, write_predictions
+    from vgkit.engine.rundir import RunDir
+    from vgkit.engine.visualize import write_gallery
+    from vgkit.fsutil import atomic_write_text
+
+    if convention not in CONVENTIONS:
+        raise VgkitError(f"--iou-convention {convention!r}: choose continuous or inclusive")
+    conv: Any = convention
+    numbers = breakdowns(ev.preds, conv)
+    buckets = None
+    if errors:
+        buckets, numbers["errors"] = evaluation_failures(ev, prediction_ious(ev.preds, conv))
+    run = RunDir.of(checkpoint)
+    ds = ev.recipe.data.dataset.name
+    stem = ev.split if ev.own_dataset else f"{ds}-{ev.split}"  # the run's own results apart
+    pred_path = write_predictions(ev.preds, predictions or run.predictions(stem), conv, buckets)
+    numbers["baselines"] = evaluation_baselines(ev, conv)
+    if gallery:
+        page = write_gallery(ev.preds, ev.bundle, gallery, n=gallery_n, grid=ev.model.spec.grid,
+                             convention=conv, buckets=buckets)
+        numbers["gallery"] = str(page)
+        if errors:  # which gallery figure shows which failure
+            numbers["errors"]["gallery_index"] = str(page.with_name("index.json"))
+    summary = {"checkpoint": str(checkpoint), "which": which, "recipe": ev.recipe.name,
+               "dataset": ds, "root": str(ev.bundle.root), "split": ev.split,
+               "boxes": "xyxy original pixels", **numbers, "iou_convention": convention,
+               "predictions": str(pred_path), "seconds": ev.seconds, "device": str(ev.device)}
+    out = run.eval_summary(stem)
+    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+    return summary, out

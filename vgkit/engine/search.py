@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vgkit.engine.rundir import RunDir
 from vgkit.errors import VgkitError
 from vgkit.fsutil import atomic_write_text
 from vgkit.recipe import Recipe, SearchRange, has_path, load_recipe
@@ -141,10 +142,10 @@ def run_search(search: Search, trials: int, registry: Registry, *, device: str =
         drawn = sample(search.seed, trial, base.search)
         values = {r.label: drawn[r.label] for r in space}
         run = search.run_dir(trial)
-        resumed = (run / "checkpoints" / "last.safetensors").is_file()
-        if not resumed and (run / "metrics.jsonl").is_file():
+        resumed = RunDir(run).has_run()
+        if not resumed and RunDir(run).metrics.is_file():
             # killed before its first checkpoint: it starts over, and so does its log
-            (run / "metrics.jsonl").unlink()
+            RunDir(run).metrics.unlink()
         if on_trial:
             on_trial(trial, keys, resumed)
         tick = time.perf_counter()

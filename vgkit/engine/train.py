@@ -25,8 +25,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from vgkit.distributed import DistInfo, barrier, device_for, init_distributed
 from vgkit.engine import checkpoint as ckpt
-from vgkit.engine.data import DataBundle
+from vgkit.engine.bundle import DataBundle
 from vgkit.engine.evaluate import accuracy, predict
+from vgkit.engine.rundir import RunDir, checkpoint_to_load
 from vgkit.errors import VgkitError
 from vgkit.fsutil import folder_lock
 from vgkit.model import GroundingModel, build_model, compute_loss
@@ -72,6 +73,7 @@ class Trainer:
         self.device = device_for(self.info, device)  # a bad --device leaves no folder behind
         self._lock = folder_lock(out, "vgkit train").acquire() if self.info.is_main else None
         self.recipe, self.out, self.progress = recipe, out, progress and self.info.is_main
+        self.rundir = RunDir(out)
         t = recipe.train
         if t.batch_size % self.info.world:
             raise VgkitError(f"train.batch_size {t.batch_size} is not divisible by the "
@@ -140,8 +142,7 @@ class Trainer:
         """Write checkpoint `name` (rank 0 only); the frozen backbone once per run."""
         if not self.info.is_main:
             return
-        ckdir = self.out / "checkpoints"
-        bb = self.out / "backbone.safetensors"
+        bb = self.rundir.backbone
         frozen = ckpt.frozen_state(self.model)
         if frozen and not bb.is_file():
             ckpt.atomic_save(frozen, {"note": "frozen parameters of this run"}, bb)
@@ -149,11 +150,11 @@ class Trainer:
         tensors = {**{f"model.{k}": v for k, v in ckpt.trainable_state(self.model).items()},
                    **opt_t, **ckpt.rng_state()}
         ckpt.atomic_save(tensors, _meta(self.recipe, self.data.vocab, self.state, opt_meta),
-                         ckdir / f"{name}.safetensors")
+                         self.rundir.checkpoint(name))
 
     def resume(self) -> None:
-        """Continue from ``checkpoints/last.safetensors`` of the run directory."""
-        path = self.out / "checkpoints" / "last.safetensors"
+        """Continue from the run folder's last checkpoint."""
+        path = self.rundir.last
         tensors, meta = ckpt.load(path, require=ckpt.META_KEYS)
         if meta["vocab_digest"] != self.data.vocab.digest():
             raise VgkitError(f"{path}: vocabulary differs from this run's data")
@@ -178,7 +179,7 @@ class Trainer:
         ids = ", ".join(f"{r.ref_id or r.image_id}#{r.sent_id}" for r in recs[:4])
         ids += f" and {len(recs) - 4} more" if len(recs) > 4 else ""
         cause = self._non_finite_cause(b)
-        last = self.out / "checkpoints" / "last.safetensors"
+        last = self.rundir.last
         saved = (f"the last good checkpoint is {last} (--resume continues from it)"
                  if last.is_file() else "no checkpoint was written before it")
         return (f"loss is {res.total.item()} at epoch {self.state.epoch + 1}, step "
@@ -213,7 +214,7 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train until ``train.epochs``; validate and checkpoint each epoch."""
         t, info = self.recipe.train, self.info
-        log = _Log(self.out / "metrics.jsonl", info.is_main)
+        log = _Log(self.rundir.metrics, info.is_main)
         model = self.ddp or self.model
         amp = self.device.type == "cuda"
         steps_per_epoch = len(self._epoch_batches(0))
@@ -287,16 +288,6 @@ class Trainer:
         barrier()
 
 
-def check_run_dir(run: Path, resume: bool) -> None:
-    """Refuse to train into a folder that holds a run (unless resuming), or to resume nothing."""
-    last = run / "checkpoints" / "last.safetensors"
-    if last.is_file() and not resume:
-        raise VgkitError(f"{run} already holds a run; add --resume to continue it or choose "
-                         "another --out")
-    if resume and not last.is_file():
-        raise VgkitError(f"--resume: no checkpoint in {run / 'checkpoints'}")
-
-
 def embedding_dim(recipe: Recipe, registry: Registry) -> int | None:
     """The word-vector size the recipe's text encoder declares (its ``embedding_dim`` option).
 
@@ -320,10 +311,8 @@ def load_trained(run: Path, registry: Registry, *, which: str = "best",
     """Rebuild a trained model from a run directory (or a checkpoint file)."""
     from vgkit.recipe import validate_recipe
 
-    path = run if run.is_file() else run / "checkpoints" / f"{which}.safetensors"
-    last = path.with_name("last.safetensors")
-    if not path.is_file() and run.is_dir() and which == "best":
-        path = last
+    path, rundir = checkpoint_to_load(run, which)
+    last = path.with_name(rundir.last.name)
     try:
         tensors, meta = ckpt.load(path, require=ckpt.META_KEYS)
     except VgkitError as exc:
@@ -333,7 +322,7 @@ def load_trained(run: Path, registry: Registry, *, which: str = "best",
                          "--which last") from None
     recipe = validate_recipe(meta["recipe"], registry, source=str(path))
     vocab = Vocabulary(meta["vocab"])
-    bb_file = path.parent.parent / "backbone.safetensors"
+    bb_file = rundir.backbone
 
     with warnings.catch_warnings():  # the weights come from the checkpoint, not the recipe's file
         warnings.simplefilter("ignore")

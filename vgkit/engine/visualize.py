@@ -28,7 +28,7 @@ from torch import Tensor
 
 from vgkit.data.images import BadImageError, ImageTransform, read_image
 from vgkit.data.validate import image_file
-from vgkit.engine.data import DataBundle
+from vgkit.engine.bundle import DataBundle
 from vgkit.engine.evaluate import IoUConvention, Predictions
 from vgkit.engine.report import THRESHOLD, prediction_ious
 from vgkit.errors import VgkitError
@@ -249,7 +249,7 @@ def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.Path
                   buckets: Sequence[str | None] | None = None) -> Path:
     """Figure PNGs of a seeded sample of correct and wrong predictions, index.html and index.json.
 
-    With `buckets` (a failure bucket per expression, see vgkit.engine.errors) the wrong
+    With `buckets` (a failure bucket per expression, see vgkit.engine.failures) the wrong
     ones are sampled across the buckets and grouped under one heading each.
     """
     out = Path(out_dir)
@@ -266,7 +266,7 @@ def write_gallery(preds: Predictions, bundle: DataBundle, out_dir: str | os.Path
     if buckets is None:
         groups["wrong"], totals["wrong"] = _sample(wrong, k_wrong, rng), len(wrong)
     else:
-        from vgkit.engine.errors import BUCKETS
+        from vgkit.engine.failures import BUCKETS
 
         by_bucket: dict[str | None, list[int]] = {}
         for i in wrong:

@@ -11,8 +11,9 @@ import torch
 from vgkit.cli import app
 from vgkit.data.images import ImageTransform
 from vgkit.data.index import Record
-from vgkit.engine.data import ExprSet
-from vgkit.engine.errors import (
+from vgkit.engine.bundle import ExprSet
+from vgkit.engine.evaluate import Predictions, gt_boxes, ious
+from vgkit.engine.failures import (
     BUCKETS,
     IMAGE_ATTENTION,
     INCOHERENT,
@@ -25,7 +26,6 @@ from vgkit.engine.errors import (
     failure_buckets,
     summarize,
 )
-from vgkit.engine.evaluate import Predictions, gt_boxes, ious
 
 G = (2, 2)  # cells, row-major: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
 TL, TR, BR = (0.0, 0.0, 0.5, 0.5), (0.5, 0.0, 1.0, 0.5), (0.5, 0.5, 1.0, 1.0)

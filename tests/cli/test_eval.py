@@ -12,7 +12,7 @@ import torch
 from vgkit.api import Grounder
 from vgkit.cli import app
 from vgkit.data.images import read_image
-from vgkit.engine.data import DataBundle
+from vgkit.engine.bundle import DataBundle
 from vgkit.engine.evaluate import predict
 from vgkit.recipe import load_recipe
 

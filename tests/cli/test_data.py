@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from referit_forms import write_hu, write_tiny_hu
 from typer.testing import CliRunner
 
-from vgkit.cli_data import app, length_histogram, vocab_coverage
+from tests.data.referit_forms import write_hu, write_tiny_hu
+from vgkit.cli.data import app
 from vgkit.data.index import DatasetIndex
+from vgkit.data.stats import vocab_coverage
 from vgkit.text import Vocabulary
 
 runner = CliRunner()
@@ -98,22 +98,6 @@ def test_info_tiny(tmp_path):
     assert _failed(res, "not a vgkit index")
     res = invoke("info", tmp_path / "idx", "--vocab", tmp_path / "none.txt")
     assert _failed(res, "vocabulary file not found")
-
-
-def test_helpers():
-    assert length_histogram([1, 1, 2, 7, 30]) == [("1", 2), ("2", 1), ("3", 0), ("4", 0),
-                                                  ("5", 0), ("6-10", 1), ("11-20", 0),
-                                                  ("21+", 1)]
-    voc = Vocabulary(["a"])
-
-    class R:
-        tokens = ("a", "b", "a")
-
-    cov = vocab_coverage([R()], voc)  # type: ignore[list-item]
-    assert cov["token_share"] == pytest.approx(2 / 3) and cov["type_share"] == 0.5
-    assert cov["top_unknown"] == [("b", 1)]
-
-
 
 
 def test_real_prepare_and_info(real_dir, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from vgkit.cli_common import console, styled, user_errors
+from vgkit.cli.common import console, styled, user_errors
 
 
 @user_errors
@@ -30,7 +30,8 @@ def train(
         args = [a for a in _without_nproc(sys.argv[1:])]
         os.execvp(sys.executable, [sys.executable, "-m", "torch.distributed.run",
                                    "--nproc-per-node", str(nproc), "-m", "vgkit", *args])
-    from vgkit.engine.train import Trainer, check_run_dir
+    from vgkit.engine.rundir import RunDir
+    from vgkit.engine.train import Trainer
     from vgkit.plugins import get_registry
     from vgkit.recipe import load_recipe
 
@@ -42,8 +43,8 @@ def train(
     registry = get_registry()
     rec = load_recipe(recipe, overrides, registry=registry)
     run = out or Path("runs") / rec.name
-    last = run / "checkpoints" / "last.safetensors"
-    check_run_dir(run, resume)
+    rundir = RunDir(run)
+    rundir.check_for_training(resume)
     trainer = Trainer(rec, registry, run, device=device, progress=not quiet,
                       cache_dir=str(cache_dir) if cache_dir else None)
     if resume:
@@ -57,14 +58,14 @@ def train(
         state = trainer.fit()
     except KeyboardInterrupt:
         if trainer.info.is_main:
-            console.print(styled("interrupted", "yellow", f": saved {last}; continue with --resume"))
+            console.print(styled("interrupted", "yellow", f": saved {rundir.last}; continue with --resume"))
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
         trainer.close()  # the run directory is free for the next writer
     if trainer.info.is_main:
         console.print(styled("done", "green", f": best val Acc@0.5 {state.best:.2%} -> "
-                      f"{run / 'checkpoints' / 'best.safetensors'}"))
+                      f"{rundir.best}"))
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -104,3 +104,9 @@ def summarize(buckets: list[str | None], has_attention: bool) -> dict[str, Any]:
             "definition": "first that applies: image attention (< half of alpha_I in the GT box), "
                           "incoherent box (>= half in GT, < half in the predicted box), "
                           "wrong size (predicted centre inside the GT box), wrong place"}
+
+
+def evaluation_failures(ev: Any, ious: Tensor) -> tuple[list[str | None], dict[str, Any]]:
+    """Each expression's failure bucket (None when right) and the counts, for an evaluated split."""
+    buckets = failure_buckets(ev.preds, ev.bundle.transform, ev.model.spec.grid, ious)
+    return buckets, summarize(buckets, ev.preds.alpha_I is not None)

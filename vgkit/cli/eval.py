@@ -9,22 +9,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from vgkit.cli_common import console, styled, user_errors
-from vgkit.engine.run import evaluate_checkpoint, peak_memory, run_dir_of
+from vgkit.cli.common import console, styled, user_errors
+from vgkit.engine.report import number, percent
+from vgkit.engine.run import CONVENTIONS, evaluate_checkpoint, peak_memory
 from vgkit.errors import VgkitError
 from vgkit.fsutil import atomic_write_text
 
-CONVENTIONS = ("continuous", "inclusive")
 _CONVENTION_NOTE = {"continuous": "continuous pixels (w = x2 - x1)",
                     "inclusive": "inclusive whole pixels, Hu et al. (w = x2 - x1 + 1)"}
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
 
 
 def _breakdown_table(title: str, rows: list[dict[str, Any]]) -> Table:
@@ -32,7 +24,7 @@ def _breakdown_table(title: str, rows: list[dict[str, Any]]) -> Table:
     for col in ("bucket", "n", "Acc@0.5", "mean IoU"):
         table.add_column(col, justify="left" if col == "bucket" else "right")
     for r in rows:
-        table.add_row(r["bucket"], str(r["n"]), _pct(r["acc@0.5"]), _num(r["miou"]))
+        table.add_row(r["bucket"], str(r["n"]), percent(r["acc@0.5"]), number(r["miou"]))
     return table
 
 
@@ -56,29 +48,19 @@ def eval_cmd(
     errors: bool = typer.Option(False, "--errors", help="Sort failures into buckets by cause."),
 ) -> None:
     """Evaluate a trained run: Acc@0.5, mean IoU and breakdowns; predictions JSONL, gallery."""
-    from vgkit.cli_analysis import baselines, baselines_table, error_analysis, errors_table
-    from vgkit.engine.report import breakdowns, prediction_ious, write_predictions
-    from vgkit.engine.visualize import write_gallery
+    from vgkit.engine.run import report_evaluation
 
-    if convention not in CONVENTIONS:
+    if convention not in CONVENTIONS:  # before the model is loaded
         raise VgkitError(f"--iou-convention {convention!r}: choose continuous or inclusive")
     ev = evaluate_checkpoint(checkpoint, which=which, dataset=dataset, root=root, split=split,
                              batch_size=batch_size, device=device, cache_dir=cache_dir)
-    numbers = breakdowns(ev.preds, convention)  # type: ignore[arg-type]
-    buckets = None
-    if errors:
-        buckets, numbers["errors"] = error_analysis(
-            ev, prediction_ious(ev.preds, convention))  # type: ignore[arg-type]
-    run = run_dir_of(checkpoint)
-    ds = ev.recipe.data.dataset.name
-    stem = split if ev.own_dataset else f"{ds}-{split}"  # keep the run's own results apart
-    pred_path = write_predictions(ev.preds, predictions or run / f"predictions-{stem}.jsonl",
-                                  convention, buckets)  # type: ignore[arg-type]
-
-    table = Table(title=f"{ev.recipe.name} ({which}) on {ds}/{split}", min_width=48)
+    numbers, out = report_evaluation(ev, checkpoint, which=which, convention=convention,
+                                     errors=errors, predictions=predictions, gallery=gallery,
+                                     gallery_n=gallery_n)
+    table = Table(title=f"{ev.recipe.name} ({which}) on {numbers['dataset']}/{split}", min_width=48)
     for col in ("Acc@0.5", "mean IoU", "n", "scored", "not scored"):
         table.add_column(col, justify="right")
-    table.add_row(_pct(numbers["acc@0.5"]), _num(numbers["miou"]), str(numbers["n"]),
+    table.add_row(percent(numbers["acc@0.5"]), number(numbers["miou"]), str(numbers["n"]),
                   str(numbers["scored"]), str(numbers["n"] - numbers["scored"]))
     console.print(table)
     if numbers["unscored"]:
@@ -92,27 +74,41 @@ def eval_cmd(
     for key, title in titles.items():
         if key in numbers:
             console.print(_breakdown_table(title, numbers[key]))
-    numbers["baselines"] = baselines(ev, convention)
     console.print(baselines_table(numbers["baselines"]))
     if errors:
         console.print(errors_table(numbers["errors"]))
     console.print(f"IoU of xyxy boxes in original-image pixels, box convention {convention}: "
                   f"{_CONVENTION_NOTE[convention]}")
-    console.print(f"predictions -> {pred_path}")
+    console.print(f"predictions -> {numbers['predictions']}")
     if gallery:
-        page = write_gallery(ev.preds, ev.bundle, gallery, n=gallery_n, grid=ev.model.spec.grid,
-                             convention=convention, buckets=buckets)  # type: ignore[arg-type]
-        console.print(f"gallery -> {page}")
-        numbers["gallery"] = str(page)
-        if errors:  # which gallery figure shows which failure
-            numbers["errors"]["gallery_index"] = str(page.with_name("index.json"))
-    summary = {"checkpoint": str(checkpoint), "which": which, "recipe": ev.recipe.name,
-               "dataset": ds, "root": str(ev.bundle.root), "split": split,
-               "boxes": "xyxy original pixels", **numbers, "predictions": str(pred_path),
-               "seconds": ev.seconds, "device": str(ev.device)}
-    out = run / f"eval-{stem}.json"
-    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+        console.print(f"gallery -> {numbers['gallery']}")
     console.print(f"numbers -> {out}")
+
+
+def baselines_table(base: dict[str, Any]) -> Table:
+    """The baselines as a rich table."""
+    table = Table(title="baselines that ignore the phrase (same split)")
+    for col in ("baseline", "Acc@0.5", "mean IoU"):
+        table.add_column(col, justify="left" if col == "baseline" else "right")
+    table.add_row("whole image (0, 0, 1, 1)", percent(base["whole_image"]),
+                  f"{base['whole_image_miou']:.3f}")
+    box = ", ".join(f"{v:.2f}" for v in base["constant_box_xyxy_fraction"])
+    table.add_row(f"best constant box ({box}), fit on {base['constant_box_fit_on']}",
+                  percent(base["constant_box"]), f"{base['constant_box_miou']:.3f}")
+    table.add_row("perfect detector, random object (expected)", percent(base["phrase_blind"]), "-")
+    return table
+
+
+def errors_table(summary: dict[str, Any]) -> Table:
+    """Failure counts per bucket, in the order of precedence; n/a without image attention."""
+    table = Table(title=f"why the {summary['failures']:,} failures (IoU < 0.5) failed, "
+                        "first bucket that applies")
+    for col in ("rank", "bucket", "n", "share of failures"):
+        table.add_column(col, justify="left" if col == "bucket" else "right")
+    for r in summary["buckets"]:
+        table.add_row(str(r["rank"]), r["bucket"], "n/a" if r["n"] is None else f"{r['n']:,}",
+                      "n/a" if r["share"] is None else percent(r["share"]))
+    return table
 
 
 def _published_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -121,31 +117,8 @@ def _published_table(rows: list[dict[str, Any]], title: str) -> Table:
         table.add_column(col, justify="right" if col == "Acc@0.5" else "left")
     for r in rows:
         table.add_row(r["source"], r["setting"], r["method"] or r["recipe"], r["dataset"],
-                      r["split"], _pct(r["acc@0.5"]))
+                      r["split"], percent(r["acc@0.5"]))
     return table
-
-
-def _mib(b: int) -> str:
-    return f"{b / 2**20:,.0f} MiB"
-
-
-def _markdown(published: list[dict[str, Any]], rows: list[dict[str, Any]], split: str) -> str:
-    lines = ["# vgkit bench", "", "## Published (declared by the recipes; Acc@0.5)", "",
-             "| source | setting | method / recipe | dataset | split | Acc@0.5 |",
-             "|---|---|---|---|---|---:|"]
-    lines += [f"| {p['source']} | {p['setting']} | {p['method'] or p['recipe']} | {p['dataset']} "
-              f"| {p['split']} | {_pct(p['acc@0.5'])} |" for p in published]
-    lines += ["", f"## Checkpoints ({split} split; continuous IoU, original pixels)", ""]
-    if not rows:
-        return "\n".join([*lines, "(none evaluated)", ""])
-    lines += ["| recipe | dataset | reported setting | reported Acc@0.5 | Acc@0.5 | mean IoU | n "
-              "| refs/s | peak memory | device |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r['recipe']} | {r['dataset']} | {r['reported_setting'] or '-'} "
-                     f"| {_pct(r['reported_acc@0.5'])} | {_pct(r['acc@0.5'])} | {_num(r['miou'])} "
-                     f"| {r['n']} | {r['refs_per_s']:.1f} | {_mib(r['peak_memory_bytes'])} "
-                     f"({r['peak_memory_kind']}) | {r['device']} |")
-    return "\n".join([*lines, ""])
 
 
 @user_errors
@@ -160,7 +133,7 @@ def bench_cmd(
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
 ) -> None:
     """Each checkpoint's Acc@0.5 beside the published numbers its recipes declare."""
-    from vgkit.engine.bench import bench_row, published
+    from vgkit.engine.bench import bench_markdown, bench_row, published
     from vgkit.engine.evaluate import accuracy
     from vgkit.plugins import get_registry
 
@@ -182,9 +155,9 @@ def bench_cmd(
             table.add_column(col, overflow="fold",
                              justify="left" if col in ("recipe / dataset", "device") else "right")
         for r in rows:
-            reported = _pct(r["reported_acc@0.5"])
+            reported = percent(r["reported_acc@0.5"])
             table.add_row(styled(r["recipe"], "", "\n").append(r["dataset"], "dim"), reported,
-                          _pct(r["acc@0.5"]), _num(r["miou"]), str(r["n"]),
+                          percent(r["acc@0.5"]), number(r["miou"]), str(r["n"]),
                           f"{r['refs_per_s']:.1f}", f"{r['peak_memory_bytes'] / 2**20:,.0f}",
                           r["device"])
         console.print(table)
@@ -193,7 +166,7 @@ def bench_cmd(
     else:
         console.print("no --checkpoint given: the published numbers only")
     if markdown:
-        atomic_write_text(markdown, _markdown(reference, rows, split))
+        atomic_write_text(markdown, bench_markdown(reference, rows, split))
         console.print(f"markdown -> {markdown}")
     if json_out:
         atomic_write_text(json_out, json.dumps({"split": split, "published": reference,
@@ -212,9 +185,9 @@ def predict_cmd(
 ) -> None:
     """Ground one phrase in one image: print the box, write the figure PNG."""
     from vgkit.api import load, open_image
+    from vgkit.engine.rundir import check_which
 
-    if which not in ("best", "last"):
-        raise VgkitError(f"--which {which!r}: choose best or last")
+    check_which(which)  # before the image is read
     # a user's photo is grounded as they see it: its EXIF orientation applied (docs/data.md)
     img = open_image(image)
     g = load(checkpoint, which=which, device=device)

@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from vgkit.cli_common import console, styled, user_errors
+from vgkit.cli.common import console, styled, user_errors
 
 
 def results_table(results: list[dict[str, Any]], labels: list[tuple[str, str]], title: str) -> Table:

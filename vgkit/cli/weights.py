@@ -7,7 +7,7 @@ from collections import Counter
 
 import typer
 
-from vgkit.cli_common import console, styled, user_errors
+from vgkit.cli.common import console, styled, user_errors
 from vgkit.errors import VgkitError
 
 app = typer.Typer(help="Inspect local pretrained weights files.", no_args_is_help=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vgkit.cli_common import console, styled, user_errors
+from vgkit.cli.common import console, styled, user_errors
 from vgkit.errors import VgkitError
 
 app = typer.Typer(help="Extract and inspect frozen-backbone feature caches.", no_args_is_help=True)
@@ -28,9 +28,9 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
 ) -> None:
     """Run a frozen backbone once over every image of a dataset into an fp16 memory-mapped cache."""
+    from vgkit.data.features import FeatureCache, extract_features, image_table
     from vgkit.data.images import ImageTransform
     from vgkit.distributed import device_for, init_distributed
-    from vgkit.features import FeatureCache, extract_features, image_table
     from vgkit.plugins import get_registry
 
     if resize not in ("stretch", "letterbox"):
@@ -68,7 +68,7 @@ def extract(
 @user_errors
 def info_cmd(directory: Path = typer.Argument(..., help="A cache directory.")) -> None:
     """Print a cache's manifest summary (or say that it is unfinished)."""
-    from vgkit.features import FeatureCache
+    from vgkit.data.features import FeatureCache
 
     cache = FeatureCache.open(directory)
     spec = cache.manifest["spec"]

@@ -93,7 +93,7 @@ def test_a_recipe_with_non_utf8_bytes_is_one_line(tmp_path):
 
 
 def test_embeddings_named_as_a_zip_member_are_found(tmp_path, registry):
-    from vgkit.engine.data import DataBundle
+    from vgkit.engine.bundle import DataBundle
 
     root = tmp_path / "syn"
     from vgkit.data.synth import generate

@@ -21,12 +21,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from vgkit.data.features import FeatureCache, cache_dir_for, cache_spec, extract_features
 from vgkit.data.images import BadImageError, ImageTransform, read_image
 from vgkit.data.index import DatasetIndex, Record
 from vgkit.data.validate import check_index, image_file
 from vgkit.distributed import DistInfo
 from vgkit.errors import VgkitError
-from vgkit.features import FeatureCache, cache_dir_for, cache_spec, extract_features
 from vgkit.interfaces import TextInputs
 from vgkit.pretrained import is_packaged, packaged_file
 from vgkit.recipe import Recipe
