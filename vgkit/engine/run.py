@@ -196,13 +196,15 @@ CONVENTIONS = ("continuous", "inclusive")
 def report_evaluation(ev: Evaluated, checkpoint: Path, *, which: str = "best",
                       convention: str = "continuous", errors: bool = False,
                       predictions: Path | None = None, gallery: Path | None = None,
-                      gallery_n: int = 24) -> tuple[dict[str, Any], Path]:
+                      gallery_n: int = 24,
+                      protocols: Sequence[Any] = ()) -> tuple[dict[str, Any], Path]:
     """Everything ``vgkit eval`` reports on an evaluated split, and the files it writes.
 
     Computes Acc@0.5, mean IoU, the breakdowns, the phrase-blind baselines and (with
     `errors`) the failure buckets; writes the predictions JSONL (default
     ``RUN/predictions-<split>.jsonl``), the gallery when `gallery` is given, and
-    ``RUN/eval-<split>.json`` (``<dataset>-<split>`` when evaluated on another dataset).
+    ``RUN/eval-<split>.json`` (``<dataset>-<split>`` when evaluated on another dataset),
+    with each of `protocols` (:class:`vgkit.engine.protocols.Protocol`) under ``protocols``.
     Returns that JSON's content and its path.
     """
     from vgkit.engine.baselines import evaluation_baselines
@@ -224,6 +226,10 @@ def report_evaluation(ev: Evaluated, checkpoint: Path, *, which: str = "best",
     stem = ev.split if ev.own_dataset else f"{ds}-{ev.split}"  # the run's own results apart
     pred_path = write_predictions(ev.preds, predictions or run.predictions(stem), conv, buckets)
     numbers["baselines"] = evaluation_baselines(ev, conv)
+    if protocols:
+        from vgkit.engine.evaluate import split_scores
+
+        numbers["protocols"] = split_scores(ev.preds, protocols)["protocols"]
     if gallery:
         page = write_gallery(ev.preds, ev.bundle, gallery, n=gallery_n, grid=ev.model.spec.grid,
                              convention=conv, buckets=buckets)
@@ -235,5 +241,30 @@ def report_evaluation(ev: Evaluated, checkpoint: Path, *, which: str = "best",
                "boxes": "xyxy original pixels", **numbers, "iou_convention": convention,
                "predictions": str(pred_path), "seconds": ev.seconds, "device": str(ev.device)}
     out = run.eval_summary(stem)
+    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+    return summary, out
+
+
+def report_splits(se: SplitsEvaluated, checkpoint: Path, *,
+                  which: str = "best") -> tuple[dict[str, Any], Path]:
+    """Write each split's predictions JSONL and ``RUN/eval-splits-<a>+<b>....json``.
+
+    The JSON is :meth:`SplitsEvaluated.summary` with the run, root and file paths;
+    evaluated on another dataset than the run's, the file names start with its name.
+    Returns that JSON's content and its path.
+    """
+    from vgkit.engine.report import write_predictions
+    from vgkit.engine.rundir import RunDir
+    from vgkit.fsutil import atomic_write_text
+
+    run = RunDir.of(checkpoint)
+    ds = se.recipe.data.dataset.name
+    prefix = "" if se.own_dataset else f"{ds}-"  # the run's own results apart
+    paths = {name: str(write_predictions(se.preds[name], run.predictions(prefix + name)))
+             for name in se.splits}
+    summary = {"checkpoint": str(checkpoint), "which": which, "recipe": se.recipe.name,
+               "root": str(se.bundle.root), "boxes": "xyxy original pixels", **se.summary(),
+               "predictions": paths}
+    out = run.eval_summary(f"{prefix}splits-{'+'.join(se.splits)}")
     atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     return summary, out
