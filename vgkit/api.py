@@ -171,16 +171,37 @@ class Grounder:
         return render_figure(picture, phrase, list(pred.box), alpha_I=a_I, alpha_T=a_T,
                              grid=self.model.spec.grid, transform=self.transform)
 
-    def evaluate(self, split: str = "test", root: str | os.PathLike[str] | None = None, *,
-                 dataset: str | None = None, convention: str = "continuous") -> dict[str, Any]:
-        """What ``vgkit eval`` prints: Acc@0.5, mean IoU, counts (``n``, ``scored``) and breakdowns."""
-        from vgkit.engine.report import breakdowns
-        from vgkit.engine.run import evaluate_checkpoint
+    def evaluate(self, split: str | None = None, root: str | os.PathLike[str] | None = None, *,
+                 dataset: str | None = None, convention: str = "continuous",
+                 splits: str | Sequence[str] | None = None,
+                 protocol: str | Sequence[str] | None = None) -> dict[str, Any]:
+        """What ``vgkit eval`` prints: Acc@0.5, mean IoU, counts (``n``, ``scored``) and breakdowns.
 
-        ev = evaluate_checkpoint(self.run, which=self.which, dataset=dataset,
-                                 root=Path(root) if root is not None else None, split=split,
-                                 device=str(self.device), progress=False)
-        return breakdowns(ev.preds, convention)  # type: ignore[arg-type]
+        `split` defaults to ``test``. With `splits` (``"all"``, ``"val,testA"`` or a list)
+        every split is predicted in one pass and the result is per split: ``n``,
+        ``scored``, ``unscored``, ``miou`` and, per protocol, ``correct`` and ``acc``.
+        `protocol` (a name, a list, or ``"all"``; default ``iou>=0.5``) adds a
+        ``protocols`` entry to a single split's numbers too.
+        """
+        from vgkit.engine.evaluate import split_scores
+        from vgkit.engine.protocols import parse_protocols
+        from vgkit.engine.report import breakdowns
+        from vgkit.engine.run import evaluate_checkpoint, evaluate_splits
+
+        where = Path(root) if root is not None else None
+        if splits is not None:
+            if split is not None:
+                raise VgkitError(f"split={split!r} and splits={splits!r}: give one of them")
+            return evaluate_splits(self.run, splits, protocols=protocol, which=self.which,
+                                   dataset=dataset, root=where, device=str(self.device),
+                                   progress=False).summary()
+        chosen = parse_protocols(protocol) if protocol is not None else None
+        ev = evaluate_checkpoint(self.run, which=self.which, dataset=dataset, root=where,
+                                 split=split or "test", device=str(self.device), progress=False)
+        out = breakdowns(ev.preds, convention)  # type: ignore[arg-type]
+        if chosen:
+            out["protocols"] = split_scores(ev.preds, chosen)["protocols"]
+        return out
 
 
 def load(run: str | os.PathLike[str], which: str = "best", device: str = "auto") -> Grounder:

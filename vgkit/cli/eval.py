@@ -34,7 +34,13 @@ def eval_cmd(
     which: str = typer.Option("best", "--which", help="best or last checkpoint."),
     dataset: str = typer.Option(None, "--dataset", help="Evaluate on another dataset (a name)."),
     root: Path = typer.Option(None, "--root", help="Dataset directory (default: the recipe's)."),
-    split: str = typer.Option("test", "--split", help="Split to evaluate."),
+    split: str = typer.Option(None, "--split", help="Split to evaluate (default: test)."),
+    splits: str = typer.Option(None, "--splits",
+                               help="Several splits in one run: comma-separated, or all (every "
+                                    "split but train/trainval). One table."),
+    protocol: str = typer.Option(None, "--protocol",
+                                 help="Scoring: iou>=0.5 (default), iou>0.5, giou>=0.5, "
+                                      "inclusive; comma-separated, or all."),
     convention: str = typer.Option("continuous", "--iou-convention",
                                    help="continuous, or inclusive (Hu et al.'s +1)."),
     predictions: Path = typer.Option(None, "--predictions",
@@ -48,15 +54,32 @@ def eval_cmd(
     errors: bool = typer.Option(False, "--errors", help="Sort failures into buckets by cause."),
 ) -> None:
     """Evaluate a trained run: Acc@0.5, mean IoU and breakdowns; predictions JSONL, gallery."""
+    from vgkit.engine.protocols import parse_protocols
     from vgkit.engine.run import report_evaluation
 
     if convention not in CONVENTIONS:  # before the model is loaded
         raise VgkitError(f"--iou-convention {convention!r}: choose continuous or inclusive")
+    chosen = parse_protocols(protocol) if protocol is not None else []
+    if splits is not None:
+        if split is not None:
+            raise VgkitError(f"--split {split} and --splits {splits}: give one split with "
+                             "--split or several with --splits, not both")
+        one_split_only = [name for name, given in (
+            ("--predictions", predictions), ("--gallery", gallery), ("--errors", errors),
+            ("--iou-convention", convention != "continuous")) if given]
+        if one_split_only:
+            raise VgkitError(f"{one_split_only[0]} takes one split: use --split, not --splits"
+                             + (" (or --protocol inclusive)"
+                                if one_split_only[0] == "--iou-convention" else ""))
+        _eval_splits(checkpoint, splits, protocol, which=which, dataset=dataset, root=root,
+                     batch_size=batch_size, device=device, cache_dir=cache_dir)
+        return
+    split = split or "test"
     ev = evaluate_checkpoint(checkpoint, which=which, dataset=dataset, root=root, split=split,
                              batch_size=batch_size, device=device, cache_dir=cache_dir)
     numbers, out = report_evaluation(ev, checkpoint, which=which, convention=convention,
                                      errors=errors, predictions=predictions, gallery=gallery,
-                                     gallery_n=gallery_n)
+                                     gallery_n=gallery_n, protocols=chosen)
     table = Table(title=f"{ev.recipe.name} ({which}) on {numbers['dataset']}/{split}", min_width=48)
     for col in ("Acc@0.5", "mean IoU", "n", "scored", "not scored"):
         table.add_column(col, justify="right")
@@ -75,6 +98,11 @@ def eval_cmd(
         if key in numbers:
             console.print(_breakdown_table(title, numbers[key]))
     console.print(baselines_table(numbers["baselines"]))
+    if chosen:
+        console.print(_splits_table(f"{split} under each protocol", {split: {
+            "n": numbers["n"], "scored": numbers["scored"], "miou": numbers["miou"],
+            "protocols": numbers["protocols"]}}, chosen))
+        _protocol_legend(chosen)
     if errors:
         console.print(errors_table(numbers["errors"]))
     console.print(f"IoU of xyxy boxes in original-image pixels, box convention {convention}: "
@@ -82,6 +110,43 @@ def eval_cmd(
     console.print(f"predictions -> {numbers['predictions']}")
     if gallery:
         console.print(f"gallery -> {numbers['gallery']}")
+    console.print(f"numbers -> {out}")
+
+
+def _splits_table(title: str, results: dict[str, dict[str, Any]], protocols: list[Any]) -> Table:
+    """Rows: splits; columns: n, scored, each protocol's accuracy, mean IoU."""
+    table = Table(title=title)
+    for col in ("split", "n", "scored", *(p.name for p in protocols), "mean IoU"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for name, r in results.items():
+        table.add_row(name, f"{r['n']:,}", f"{r['scored']:,}",
+                      *(percent(r["protocols"][p.name]["acc"]) for p in protocols),
+                      number(r["miou"]))
+    return table
+
+
+def _protocol_legend(protocols: list[Any]) -> None:
+    for p in protocols:
+        console.print(f"  {p.name}: {p.description}")
+    console.print("boxes xyxy in original-image pixels; mean IoU continuous; expressions not "
+                  "scored count as failures (IoU 0)")
+
+
+def _eval_splits(checkpoint: Path, splits: str, protocol: str | None, **kw: Any) -> None:
+    """``vgkit eval --splits``: every split in one pass, one table (rows splits, columns protocols)."""
+    from vgkit.engine.run import evaluate_splits, report_splits
+
+    se = evaluate_splits(checkpoint, splits, protocols=protocol, **kw)
+    summary, out = report_splits(se, checkpoint, which=kw["which"])
+    console.print(_splits_table(
+        f"{se.recipe.name} ({kw['which']}) on {summary['dataset']}: {len(se.splits)} splits, "
+        f"one pass over {se.images:,} images", summary["results"], se.protocols))
+    for name, r in summary["results"].items():
+        if r["unscored"]:
+            console.print(styled("not scored", "yellow", f" in {name}: " + ", ".join(
+                f"{why} {k:,}" for why, k in r["unscored"].items())))
+    _protocol_legend(se.protocols)
+    console.print(f"predictions -> {', '.join(summary['predictions'].values())}")
     console.print(f"numbers -> {out}")
 
 

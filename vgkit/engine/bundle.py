@@ -287,6 +287,23 @@ class _ImageBatches(Dataset):
 
 
 def eval_order(exprs: ExprSet, batch_size: int) -> list[list[int]]:
-    """Expressions grouped by image, in batches: each image's maps are computed once."""
-    by_image = sorted(range(len(exprs)), key=lambda i: (int(exprs.image_of[i]), i))
-    return [by_image[i:i + batch_size] for i in range(0, len(by_image), batch_size)]
+    """Expressions grouped by image, in batches: each image's maps are computed once.
+
+    An image's expressions never straddle two batches unless they alone exceed `batch_size`
+    (then that image's maps are computed once per batch its expressions fill).
+    """
+    groups: dict[int, list[int]] = {}
+    for i, k in enumerate(exprs.image_of.tolist()):
+        groups.setdefault(k, []).append(i)
+    order: list[list[int]] = []
+    batch: list[int] = []
+    for k in sorted(groups):
+        g = groups[k]
+        if batch and len(batch) + len(g) > batch_size:
+            order.append(batch)
+            batch = []
+        while len(g) > batch_size:  # more expressions than a batch: whole batches of them
+            order.append(g[:batch_size])
+            g = g[batch_size:]
+        batch += g
+    return [*order, batch] if batch else order

@@ -6,10 +6,14 @@ denominator: one that cannot be scored (its image is unreadable, its record
 invalid) counts as a failure with IoU 0, and the numbers say how many there were. ``continuous`` IoU treats boxes as real-valued
 (x2 = x1 + w); ``inclusive`` is Hu et al.'s: coordinates rounded to whole
 pixels, both boxes counted inclusively (+1 on widths and heights).
+
+Several splits are predicted in one pass (:func:`predict_splits`) and scored under
+the rules of :mod:`vgkit.engine.protocols` (:func:`split_scores`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +21,9 @@ import torch
 from torch import Tensor
 
 from vgkit.boxes import iou
+from vgkit.data.index import Record
 from vgkit.engine.bundle import UNREADABLE, DataBundle, ExprSet, eval_order
+from vgkit.engine.protocols import Protocol, accuracies
 from vgkit.model import GroundingModel
 
 IoUConvention = Literal["continuous", "inclusive"]
@@ -44,6 +50,17 @@ def predict(model: GroundingModel, bundle: DataBundle, exprs: ExprSet, *, batch_
             device: torch.device | None = None, keep_attention: bool = False,
             workers: int = 0) -> Predictions:
     """Run `model` over every expression; each image's maps are computed once."""
+    boxes, alpha_I, alpha_T, unreadable = _predict(model, bundle, exprs, batch_size=batch_size,
+                                                   device=device, keep_attention=keep_attention,
+                                                   workers=workers)
+    preds = Predictions(exprs, boxes, alpha_I, alpha_T)
+    return preds.without(unreadable, UNREADABLE) if unreadable else preds
+
+
+def _predict(model: GroundingModel, bundle: DataBundle, exprs: ExprSet, *, batch_size: int,
+             device: torch.device | None, keep_attention: bool, workers: int,
+             ) -> tuple[Tensor, Tensor | None, list[Tensor] | None, set[int]]:
+    """(boxes, alpha_I, alpha_T, positions whose image could not be read) of every expression."""
     device = device or next(model.parameters()).device
     model.eval()
     boxes = torch.zeros(len(exprs), 4)
@@ -72,8 +89,45 @@ def predict(model: GroundingModel, bundle: DataBundle, exprs: ExprSet, *, batch_
                     alpha_T[i] = a[j][m[j]]
     if alpha_T is not None and all(t.numel() == 0 for t in alpha_T):
         alpha_T = None
-    preds = Predictions(exprs, boxes, alpha_I, alpha_T)
-    return preds.without(unreadable, UNREADABLE) if unreadable else preds
+    return boxes, alpha_I, alpha_T, unreadable
+
+
+def predict_splits(model: GroundingModel, bundle: DataBundle, splits: Mapping[str, ExprSet], *,
+                   batch_size: int = 64, device: torch.device | None = None,
+                   workers: int = 0) -> tuple[dict[str, Predictions], ExprSet]:
+    """Predict several splits in one pass: (each split's Predictions, the set predicted).
+
+    An (image, phrase) pair that several splits hold is predicted once, and the pass
+    groups every expression of an image together, so each image's maps are computed
+    (or read from the cache) once across all the splits.
+    """
+    where: dict[tuple[str, str], int] = {}
+    recs: list[Record] = []
+    rows: list[tuple[ExprSet, int]] = []
+    positions: dict[str, Tensor] = {}
+    for name, exprs in splits.items():
+        pos = []
+        for i, r in enumerate(exprs.records):
+            key = (r.image_id, r.phrase)  # all a prediction depends on
+            if key not in where:
+                where[key] = len(recs)
+                recs.append(r)
+                rows.append((exprs, i))
+            pos.append(where[key])
+        positions[name] = torch.tensor(pos, dtype=torch.long)
+    union = ExprSet.of(recs, torch.stack([e.target[i] for e, i in rows]) if rows
+                       else torch.zeros(0, 4),
+                       torch.stack([e.sizes[i] for e, i in rows]) if rows else torch.zeros(0, 2),
+                       [])
+    boxes, _, _, unreadable = _predict(model, bundle, union, batch_size=batch_size, device=device,
+                                       keep_attention=False, workers=workers)
+    out: dict[str, Predictions] = {}
+    for name, exprs in splits.items():
+        pos = positions[name]
+        preds = Predictions(exprs, boxes[pos], None, None)
+        drop = {j for j, u in enumerate(pos.tolist()) if u in unreadable}
+        out[name] = preds.without(drop, UNREADABLE) if drop else preds
+    return out, union
 
 
 def gt_boxes(exprs: ExprSet) -> Tensor:
@@ -100,3 +154,16 @@ def summarize(v: Tensor, exprs: ExprSet, threshold: float = 0.5) -> dict[str, An
     return {"acc@0.5": (v >= threshold).sum().item() / n if n else 0.0,
             "miou": v.sum().item() / n if n else 0.0, "n": n, "scored": len(v),
             "unscored": exprs.excluded_counts()}
+
+
+def split_scores(preds: Predictions, protocols: Sequence[Protocol]) -> dict[str, Any]:
+    """One split's n, scored, unscored (by reason), mean IoU and, per protocol, correct and acc.
+
+    Unscored expressions count as failures in every protocol, and as IoU 0 in the mean.
+    """
+    gt = gt_boxes(preds.exprs)
+    base = summarize(ious(preds.boxes, gt), preds.exprs)
+    return {"n": base["n"], "scored": base["scored"], "unscored": base["unscored"],
+            "miou": base["miou"],
+            "protocols": accuracies(preds.boxes, gt, protocols,
+                                    unscored=len(preds.exprs.excluded))}
