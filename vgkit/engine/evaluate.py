@@ -123,9 +123,9 @@ def predict_splits(model: GroundingModel, bundle: DataBundle, splits: Mapping[st
                                        keep_attention=False, workers=workers)
     out: dict[str, Predictions] = {}
     for name, exprs in splits.items():
-        pos = positions[name]
-        preds = Predictions(exprs, boxes[pos], None, None)
-        drop = {j for j, u in enumerate(pos.tolist()) if u in unreadable}
+        at = positions[name]
+        preds = Predictions(exprs, boxes[at], None, None)
+        drop = {j for j, u in enumerate(at.tolist()) if u in unreadable}
         out[name] = preds.without(drop, UNREADABLE) if drop else preds
     return out, union
 
