@@ -9,21 +9,13 @@ import warnings
 import pytest
 import torch
 
+from tests.reference_math import continuous_iou
 from vgkit.api import Grounder
 from vgkit.cli import app
 from vgkit.data.images import read_image
 from vgkit.engine.bundle import DataBundle
 from vgkit.engine.evaluate import predict
 from vgkit.recipe import load_recipe
-
-
-def _iou(a, b) -> float:
-    """Continuous IoU, written out independently of vgkit.boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _test_records(root):
@@ -47,7 +39,7 @@ def test_eval_prints_accuracy_and_writes_checkable_predictions(evaluated, tiny_r
              (tiny_run.run / "predictions-test.jsonl").read_text().splitlines()]
     assert len(lines) == len(_test_records(tiny_run.root))
     for row in lines:
-        assert row["iou"] == pytest.approx(_iou(row["pred"], row["gt"]), abs=1e-5)
+        assert row["iou"] == pytest.approx(continuous_iou(row["pred"], row["gt"]), abs=1e-5)
         assert row["correct"] == (row["iou"] >= 0.5)
     summary = json.loads((tiny_run.run / "eval-test.json").read_text())
     acc = sum(r["correct"] for r in lines) / len(lines)

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 
+from tests.reference_math import continuous_iou
 from vgkit.cli import app
 from vgkit.engine.report import percent
 
@@ -34,13 +35,6 @@ def run(tiny_run, tmp_path):
     return d
 
 
-def _iou(a, b) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
 
 def test_splits_all_protocol_all_prints_one_table_and_writes_every_number(runner, run, tiny_run):
     res = _invoke(runner, "eval", "--checkpoint", run, "--splits", "all", "--protocol", "all",
@@ -62,7 +56,7 @@ def test_splits_all_protocol_all_prints_one_table_and_writes_every_number(runner
                  (run / f"predictions-{split}.jsonl").read_text().splitlines()]
         assert data["predictions"][split] == str(run / f"predictions-{split}.jsonl")
         assert len(lines) == r["n"]
-        v = [_iou(x["pred"], x["gt"]) for x in lines]  # recomputed independently
+        v = [continuous_iou(x["pred"], x["gt"]) for x in lines]  # recomputed independently
         assert r["protocols"]["iou>=0.5"]["correct"] == sum(x >= 0.5 for x in v)
         assert r["protocols"]["iou>0.5"]["correct"] == sum(x > 0.5 for x in v)
         assert r["miou"] == pytest.approx(sum(v) / len(v), abs=1e-4)

@@ -123,21 +123,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_rank_ddp_equals_one_rank_with_the_same_global_batch(root, tmp_path):
-    one = _cli(*_train_args(root, tmp_path / "one", NO_DROPOUT))
+@pytest.fixture(scope="module")
+def one_rank(root, tmp_path_factory) -> Path:
+    """The tiny recipe trained by one process, without dropout (the reference for DDP)."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    one = _cli(*_train_args(root, out, NO_DROPOUT))
     assert one.wait(timeout=300) == 0, one.stdout.read()
-    two = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", str(_free_port()), "-m", "vgkit",
-         *_train_args(root, tmp_path / "two", NO_DROPOUT)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert two.wait(timeout=300) == 0, two.stdout.read()
-    a = {k: v for k, v in _weights(tmp_path / "one").items() if k.startswith("model.")}
-    b = {k: v for k, v in _weights(tmp_path / "two").items() if k.startswith("model.")}
+    return out
+
+
+def _same_model(a_run: Path, b_run: Path) -> None:
+    a = {k: v for k, v in _weights(a_run).items() if k.startswith("model.")}
+    b = {k: v for k, v in _weights(b_run).items() if k.startswith("model.")}
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), k
+
+
+def _torchrun(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_two_rank_ddp_equals_one_rank_with_the_same_global_batch(root, one_rank, tmp_path):
+    two = _torchrun("--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "vgkit",
+                    *_train_args(root, tmp_path / "two", NO_DROPOUT))
+    assert two.wait(timeout=300) == 0, two.stdout.read()
+    _same_model(one_rank, tmp_path / "two")
+
+
+def test_two_nodes_by_c10d_rendezvous_equal_one_process(root, one_rank, tmp_path):
+    # Two "machines" of one process each, as torchrun runs them across hosts: each node is
+    # its own torchrun, and they find each other through the c10d rendezvous on localhost.
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = [_torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                       "--rdzv-endpoint", endpoint, "--rdzv-id", "vgkit-test", "-m", "vgkit",
+                       *_train_args(root, tmp_path / "nodes", NO_DROPOUT)) for _ in range(2)]
+    logs = []
+    for node in nodes:
+        assert node.wait(timeout=300) == 0, node.stdout.read()
+        logs.append(node.stdout.read())
+    # one node holds rank 0 and says how many ranks trained: both, not each alone
+    assert sum("on cpu x2:" in log for log in logs) == 1, logs
+    _same_model(one_rank, tmp_path / "nodes")
 
 
 def test_nan_loss_stops_with_a_message_and_leaves_the_last_good_checkpoint(root, tmp_path):
