@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import append_results, machine, matmul_gflops, md_table, quiet_warnings, section
 
 
