@@ -38,6 +38,16 @@ def _missing_extra(exc: ImportError) -> VgkitError:
     return VgkitError(f"vgkit serve needs {exc.name}: pip install 'vgkit[serve]'")
 
 
+def check_installed() -> None:
+    """Raise a VgkitError naming the serve extra when FastAPI, uvicorn or python-multipart is missing."""
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise _missing_extra(exc) from None
+
+
 @dataclass
 class _Examples:
     """Dataset images offered on the page: (relative path, a phrase of it), listed once."""
