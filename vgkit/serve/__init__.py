@@ -18,11 +18,11 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from vgkit.api import Grounder, Prediction
 from vgkit.data.images import BadImageError, decode_image, read_image
+from vgkit.data.samples import Sample, dataset_samples
 from vgkit.errors import VgkitError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -50,48 +50,27 @@ def check_installed() -> None:
 
 @dataclass
 class _Examples:
-    """Dataset images offered on the page: (relative path, a phrase of it), listed once."""
+    """Dataset images offered on the page, listed once, on first use."""
 
     grounder: Grounder
     n: int
-    items: list[tuple[Path, str, str]] = field(default_factory=list)
+    items: list[Sample] = field(default_factory=list)
     note: str = ""
     _done: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get(self) -> tuple[list[tuple[Path, str, str]], str]:
-        """The examples [(file, relative path, phrase)] and why there are none, if none."""
+    def get(self) -> tuple[list[Sample], str]:
+        """The examples, and why there are none, if none."""
         with self._lock:
             if not self._done:
                 self._done = True
                 try:
-                    self.items = self._list()
+                    self.items = dataset_samples(self.grounder.recipe, self.n)
                 except VgkitError as exc:
                     self.note = f"no dataset images: {exc}"
                 if not self.items and not self.note:
                     self.note = "no dataset images: the run's dataset lists none"
             return self.items, self.note
-
-    def _list(self) -> list[tuple[Path, str, str]]:
-        from vgkit.data.validate import check_index, image_file
-        from vgkit.plugins import get_registry
-
-        recipe = self.grounder.recipe
-        root, ds = recipe.data_root(), recipe.data.dataset
-        index = get_registry().build("dataset", ds.name, ds.options(), root=root)
-        bad = set(check_index(index).invalid)  # unsafe paths never reach the page
-        splits = index.splits()
-        split = next((s for s in ("test", "val") if s in splits), None)
-        seen: dict[str, tuple[Path, str, str]] = {}
-        for k, r in enumerate(index.records):
-            if k in bad or (split is not None and r.split != split) or r.image_path in seen:
-                continue
-            path = image_file(root, r.image_path)
-            if path.is_file():
-                seen[r.image_path] = (path, r.image_path, r.phrase)
-            if len(seen) == self.n:
-                break
-        return list(seen.values())
 
 
 def prediction_json(pred: Prediction, ms: float) -> dict[str, Any]:
@@ -171,8 +150,8 @@ def create_app(grounder: Grounder, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_
         items, note = listed.get()
         return {"recipe": grounder.recipe.name, "run": str(grounder.run), "which": grounder.which,
                 "device": str(grounder.device), "max_upload_mb": max_upload_mb,
-                "examples": [{"id": i, "name": rel, "phrase": phrase}
-                             for i, (_, rel, phrase) in enumerate(items)],
+                "examples": [{"id": i, "name": x.name, "phrase": x.phrase}
+                             for i, x in enumerate(items)],
                 "examples_note": note}
 
     @app.get("/examples/{item}")
@@ -181,7 +160,7 @@ def create_app(grounder: Grounder, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_
         items, _ = listed.get()
         if not 0 <= item < len(items):
             raise HTTPException(404, f"no dataset image {item}: there are {len(items)}")
-        return FileResponse(items[item][0])
+        return FileResponse(items[item].file)
 
     @app.post("/predict", max_body_size=body_limit)
     def predict(phrase: str = Form(""), image: UploadFile | None = File(None),
@@ -235,7 +214,7 @@ def _picture(image: Any, example: int | None, limit: int, max_upload_mb: float,
         if not 0 <= example < len(items):
             raise _Refused(422, f"example {example}: there are {len(items)} dataset images"
                                 + (f" ({note})" if note else ""))
-        return read_image(items[example][0], upright=True)  # as Grounder.predict reads a path
+        return read_image(items[example].file, upright=True)  # as Grounder.predict reads a path
     data = image.file.read(limit + 1)
     if len(data) > limit:
         raise _Refused(413, f"the image {image.filename!r} is over the upload limit of "
