@@ -58,3 +58,16 @@ def test_the_cli_prints_the_reference_with_every_installed_component():
     assert "## [train]" in res.output and "| `eval_batch_size` | int | `64` | >= 1 |" in res.output
     for comp in get_host().registry.components("head"):
         assert f"#### `{comp.name}` ({comp.plugin})" in res.output
+
+
+class _Commented(BaseModel):
+    hidden: int = Field(8, gt=0)  # size of the hidden layer
+    rate: float = Field(0.5, description="the Field's own words win")  # not this comment
+    plain: bool = True
+
+
+def test_a_fields_trailing_comment_describes_it_when_its_field_says_nothing():
+    rows = model_table(_Commented)[2:]
+    assert rows[0].endswith("| size of the hidden layer |")
+    assert rows[1].endswith("| the Field's own words win |")
+    assert rows[2].endswith("| - |")

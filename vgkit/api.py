@@ -177,7 +177,7 @@ class Grounder:
                  protocol: str | Sequence[str] | None = None) -> dict[str, Any]:
         """What ``vgkit eval`` prints: Acc@0.5, mean IoU, counts (``n``, ``scored``) and breakdowns.
 
-        `split` defaults to ``test``. With `splits` (``"all"``, ``"val,testA"`` or a list)
+        `split` defaults to the recipe's ``data.test_split``. With `splits` (``"all"``, ``"val,testA"`` or a list)
         every split is predicted in one pass and the result is per split: ``n``,
         ``scored``, ``unscored``, ``miou`` and, per protocol, ``correct`` and ``acc``.
         `protocol` (a name, a list, or ``"all"``; default ``iou>=0.5``) adds a
@@ -197,7 +197,7 @@ class Grounder:
                                    progress=False).summary()
         chosen = parse_protocols(protocol) if protocol is not None else None
         ev = evaluate_checkpoint(self.run, which=self.which, dataset=dataset, root=where,
-                                 split=split or "test", device=str(self.device), progress=False)
+                                 split=split, device=str(self.device), progress=False)
         out = breakdowns(ev.preds, convention)  # type: ignore[arg-type]
         if chosen:
             out["protocols"] = split_scores(ev.preds, chosen)["protocols"]

@@ -8,6 +8,7 @@ reference`` prints it for the plugins installed.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import types
@@ -99,12 +100,27 @@ def _cell(text: str) -> str:
     return re.sub(r"<(?=[A-Za-z/])", "&lt;", text.replace("|", "\\|").replace("\n", " "))
 
 
+_TRAILING_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+?)\s*$", re.M)
+
+
+def field_comments(model: type[BaseModel]) -> dict[str, str]:
+    """A field's trailing ``# comment`` in the class's source, where its Field has no
+    description (how most plugins document their options); {} without source."""
+    try:
+        source = inspect.getsource(model)
+    except (OSError, TypeError):
+        return {}
+    return {k: v for k, v in _TRAILING_COMMENT.findall(source) if k in model.model_fields}
+
+
 def model_table(model: type[BaseModel]) -> list[str]:
     """One Markdown table row per field of `model`."""
     rows = list(_HEADER)
+    comments = field_comments(model)
     for key, field in model.model_fields.items():
+        about = field.description or comments.get(key, "-")
         rows.append(f"| `{key}` | {type_name(field.annotation)} | {_cell(default_text(field))} "
-                    f"| {_cell(value_range(field))} | {_cell(field.description or '-')} |")
+                    f"| {_cell(value_range(field))} | {_cell(about)} |")
     return rows
 
 

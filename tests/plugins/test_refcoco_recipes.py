@@ -78,3 +78,13 @@ def test_published_rows_for_a_dataset_and_split(registry, dataset, split, expect
     assert {r["dataset"] for r in rows} == {dataset} and {r["split"] for r in rows} == {split}
     got = {(r["method"] or "TransVG"): round(100 * r["acc@0.5"], 2) for r in rows}
     assert got == expected  # each number once, though transvg-lite declares TransVG's too
+
+
+def test_eval_defaults_to_the_recipes_test_split(registry):
+    # unc has no "test": the RefCOCO/RefCOCO+ recipes name testA for `vgkit eval` without --split
+    from vgkit.data.refcoco import PUBLISHED
+
+    for name, ds in (("refcoco-attn-regression", "refcoco"), ("transvg-lite-refcoco+", "refcoco+"),
+                     ("refcocog-attn-regression", "refcocog")):
+        split = load_recipe(name, registry=registry).data.test_split
+        assert split in PUBLISHED[(ds, "umd" if ds == "refcocog" else "unc")], (name, split)

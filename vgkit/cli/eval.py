@@ -34,7 +34,7 @@ def eval_cmd(
     which: str = typer.Option("best", "--which", help="best or last checkpoint."),
     dataset: str = typer.Option(None, "--dataset", help="Evaluate on another dataset (a name)."),
     root: Path = typer.Option(None, "--root", help="Dataset directory (default: the recipe's)."),
-    split: str = typer.Option(None, "--split", help="Split to evaluate (default: test)."),
+    split: str = typer.Option(None, "--split", help="Split to evaluate [default: the recipe's data.test_split]."),
     splits: str = typer.Option(None, "--splits",
                                help="Several splits in one run: comma-separated, or all (every "
                                     "split but train/trainval). One table."),
@@ -74,13 +74,13 @@ def eval_cmd(
         _eval_splits(checkpoint, splits, protocol, which=which, dataset=dataset, root=root,
                      batch_size=batch_size, device=device, cache_dir=cache_dir)
         return
-    split = split or "test"
     ev = evaluate_checkpoint(checkpoint, which=which, dataset=dataset, root=root, split=split,
                              batch_size=batch_size, device=device, cache_dir=cache_dir)
     numbers, out = report_evaluation(ev, checkpoint, which=which, convention=convention,
                                      errors=errors, predictions=predictions, gallery=gallery,
                                      gallery_n=gallery_n, protocols=chosen)
-    table = Table(title=f"{ev.recipe.name} ({which}) on {numbers['dataset']}/{split}", min_width=48)
+    table = Table(title=f"{ev.recipe.name} ({which}) on {numbers['dataset']}/{ev.split}",
+                  min_width=48)
     for col in ("Acc@0.5", "mean IoU", "n", "scored", "not scored"):
         table.add_column(col, justify="right")
     table.add_row(percent(numbers["acc@0.5"]), number(numbers["miou"]), str(numbers["n"]),
@@ -99,7 +99,7 @@ def eval_cmd(
             console.print(_breakdown_table(title, numbers[key]))
     console.print(baselines_table(numbers["baselines"]))
     if chosen:
-        console.print(_splits_table(f"{split} under each protocol", {split: {
+        console.print(_splits_table(f"{ev.split} under each protocol", {ev.split: {
             "n": numbers["n"], "scored": numbers["scored"], "miou": numbers["miou"],
             "protocols": numbers["protocols"]}}, chosen))
         _protocol_legend(chosen)

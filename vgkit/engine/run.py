@@ -75,14 +75,16 @@ def _prepared(checkpoint: Path, which: str, dataset: str | None, root: Path | No
 
 
 def evaluate_checkpoint(checkpoint: Path, *, which: str = "best", dataset: str | None = None,
-                        root: Path | None = None, split: str = "test", batch_size: int | None = None,
-                        device: str = "auto", progress: bool = True,
+                        root: Path | None = None, split: str | None = None,
+                        batch_size: int | None = None, device: str = "auto", progress: bool = True,
                         cache_dir: Path | None = None) -> Evaluated:
-    """Rebuild a run's model and data and predict every expression of `split`."""
+    """Rebuild a run's model and data and predict every expression of `split` (default: the
+    recipe's ``data.test_split``)."""
     from vgkit.engine.evaluate import predict
 
     model, recipe, bundle, own, dev = _prepared(checkpoint, which, dataset, root, device,
                                                 progress, cache_dir)
+    split = split or recipe.data.test_split
     exprs = bundle.split(split)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
