@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -29,7 +28,6 @@ CHROMIUM = Path(os.environ.get("VGKIT_CHROMIUM", "/usr/bin/chromium"))
 # and none of the background connections a closed network refuses
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "serve-page.png"
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +118,6 @@ def test_upload_type_and_read_the_box(page, server, grounder, tmp_path):
     shot = tmp_path / "serve-page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert Image.open(shot).size[0] >= 1000
-    if os.environ.get("VGKIT_WRITE_DOCS_SCREENSHOT") == "1":
-        shutil.copy(shot, DOCS_SHOT)
 
 
 def test_errors_show_on_the_page(page, server, tmp_path):
