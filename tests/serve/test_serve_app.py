@@ -182,3 +182,33 @@ def test_oversize_body_without_a_length_is_413(client):
     r = client.post("/predict", content=chunks(),
                     headers={"content-type": "multipart/form-data; boundary=xyz"})
     assert r.status_code == 413 and "upload limit of 0.05 MB" in r.json()["detail"], r.text
+
+
+def test_a_request_in_the_model_does_not_block_the_others(grounder):
+    """While one prediction holds the model, the page, the info and refusals are answered."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def __getattr__(self, name):
+            return getattr(grounder, name)
+
+        def predict(self, *args, **kwargs):
+            entered.set()
+            assert release.wait(60)
+            return grounder.predict(*args, **kwargs)
+
+    client = TestClient(create_app(Slow()))  # type: ignore[arg-type]
+    answer: dict[str, object] = {}
+    slow = threading.Thread(target=lambda: answer.update(
+        r=post(client, png(), "the red square")))
+    slow.start()
+    try:
+        assert entered.wait(60), "the first request never reached the model"
+        assert client.get("/api/info").status_code == 200
+        assert post(client, b"junk", "the red square").status_code == 400
+        assert post(client, png(), "").status_code == 422
+        assert not answer  # still inside the model
+    finally:
+        release.set()
+        slow.join(60)
+    assert answer["r"].status_code == 200
