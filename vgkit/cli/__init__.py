@@ -18,7 +18,18 @@ app = typer.Typer(help="vgkit: visual grounding toolkit (phrase -> box).", no_ar
 
 def _mount() -> None:
     """Each command group lives in its own module; they only parse arguments and print."""
-    from vgkit.cli import data, eval, features, plugins, recipes, search, train, weights
+    from vgkit.cli import (
+        data,
+        eval,
+        export,
+        features,
+        plugins,
+        recipes,
+        search,
+        serve,
+        train,
+        weights,
+    )
 
     app.command("plugins")(plugins.plugins)
     app.add_typer(recipes.app, name="recipes")
@@ -27,6 +38,8 @@ def _mount() -> None:
     app.command("eval")(eval.eval_cmd)
     app.command("bench")(eval.bench_cmd)
     app.command("predict")(eval.predict_cmd)
+    app.command("serve")(serve.serve)
+    app.command("export")(export.export)
     app.add_typer(data.app, name="data", help="Prepare, generate and summarise datasets.")
     app.add_typer(features.app, name="features")
     app.add_typer(weights.app, name="weights")

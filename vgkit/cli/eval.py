@@ -243,7 +243,10 @@ def bench_cmd(
 def predict_cmd(
     image: Path = typer.Argument(..., help="An image file."),
     phrase: str = typer.Argument(..., help="The referring expression."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Run directory (or checkpoint file)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint",
+                                    help="Run directory (or checkpoint file)."),
+    onnx: Path = typer.Option(None, "--onnx",
+                              help="An exported model.onnx (its .json beside it) instead of a run."),
     which: str = typer.Option("best", "--which", help="best or last checkpoint."),
     out: Path = typer.Option(None, "--out", help="Figure PNG (default: ./<image stem>-pred.png)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
@@ -252,13 +255,23 @@ def predict_cmd(
     from vgkit.api import load, open_image
     from vgkit.engine.rundir import check_which
 
+    if (checkpoint is None) == (onnx is None):
+        raise VgkitError("give --checkpoint RUN or --onnx MODEL.onnx, one of the two")
     check_which(which)  # before the image is read
     # a user's photo is grounded as they see it: its EXIF orientation applied (docs/data.md)
     img = open_image(image)
-    g = load(checkpoint, which=which, device=device)
+    if onnx is not None:
+        from vgkit.export import OnnxGrounder
+
+        g: Any = OnnxGrounder(onnx)
+        source = f"onnxruntime, {onnx}"
+    else:
+        g = load(checkpoint, which=which, device=device)
+        source = f"{checkpoint}"
     pred = g.predict(img, phrase)
     x1, y1, x2, y2 = pred.box
-    console.print(f"{phrase!r} in {image} ({img.size[0]}x{img.size[1]}), original pixels:")
+    console.print(f"{phrase!r} in {image} ({img.size[0]}x{img.size[1]}), original pixels "
+                  f"({source}):")
     console.print(f"  x1 y1 x2 y2: {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}")
     console.print(f"  x y w h:     {x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f}")
     path = out or Path.cwd() / f"{image.stem}-pred.png"

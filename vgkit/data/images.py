@@ -8,6 +8,7 @@ original pixels for evaluation.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -121,6 +122,17 @@ def read_image(path: str | os.PathLike[str], *, upright: bool = False) -> Image.
     p = Path(path)
     if not p.is_file():
         raise BadImageError(f"missing image {p}")
+    return _decode(p, str(p), upright)
+
+
+def decode_image(data: bytes, name: str, *, upright: bool = True) -> Image.Image:
+    """Decode image bytes (an upload called `name`) as :func:`read_image` decodes a file."""
+    if not data:
+        raise BadImageError(f"the image {name!r} is empty (0 bytes)")
+    return _decode(io.BytesIO(data), repr(name), upright)
+
+
+def _decode(source: Path | io.BytesIO, label: str, upright: bool) -> Image.Image:
     limit = max_image_pixels()
     try:
         with warnings.catch_warnings():
@@ -128,13 +140,13 @@ def read_image(path: str | os.PathLike[str], *, upright: bool = False) -> Image.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                img = Image.open(p)
+                img = Image.open(source)
             finally:
                 Image.MAX_IMAGE_PIXELS = pil_limit
         with img:
             w, h = img.size
             if limit is not None and w * h > limit:
-                raise BadImageError(f"{p}: {w}x{h} = {w * h:,} pixels is over the limit of "
+                raise BadImageError(f"{label}: {w}x{h} = {w * h:,} pixels is over the limit of "
                                     f"{limit:,} (a decompression bomb?); if you trust the file, "
                                     f"raise the limit with {MAX_PIXELS_ENV}=N (0: none)")
             img.load()
@@ -142,4 +154,4 @@ def read_image(path: str | os.PathLike[str], *, upright: bool = False) -> Image.
             return shown.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             MemoryError) as exc:
-        raise BadImageError(f"cannot decode image {p}: {exc}") from None
+        raise BadImageError(f"cannot decode image {label}: {exc}") from None
