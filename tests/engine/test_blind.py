@@ -108,3 +108,30 @@ def test_blind_on_a_slice_of_the_real_referit_annotations(real_dir, runner, tmp_
     queries = json.loads((root / "referit_query_test.json").read_text())
     assert summary["n"] == sum(len(v) for v in queries.values())
     assert summary["baselines"]["whole_image"] >= 0.0
+
+
+def test_blind_with_a_frozen_hf_encoder_comes_back_from_its_run(registry, tmp_path, monkeypatch):
+    """A frozen text encoder's weights go to backbone.safetensors, though the backbone is `none`."""
+    from tiny_hf import tiny_bert_dir
+
+    from vgkit.engine.evaluate import predict
+    from vgkit.engine.train import Trainer, load_trained
+
+    root, run = tmp_path / "syn", tmp_path / "run"
+    generate(root, 12, seed=0, image_size=(96, 80), progress=False)
+    shutil.rmtree(root / "images")
+    _no_images(monkeypatch)
+    encoder = f'model.text_encoder={{name = "hf", path = "{tiny_bert_dir()}", frozen = true}}'
+    recipe = load_recipe("referit-blind", ["data.dataset=synthetic", f"data.root={root}",
+                                           'data.vocab=""', *SMALL[2:], encoder],
+                         registry=registry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(recipe, registry, run, device="cpu", progress=False)
+        trainer.fit()
+        trainer.close()
+        model, _, _, _ = load_trained(run, registry, which="best")
+    assert (run / "backbone.safetensors").is_file()
+    test = trainer.data.split("test")
+    torch.testing.assert_close(predict(model, trainer.data, test).boxes,
+                               predict(trainer.model, trainer.data, test).boxes)

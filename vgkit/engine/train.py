@@ -367,11 +367,15 @@ def load_trained(run: Path, registry: Registry, *, which: str = "best",
     recipe = validate_recipe(meta["recipe"], registry, source=str(path))
     vocab = Vocabulary(meta["vocab"])
     bb_file = rundir.backbone
+    # backbone.safetensors also holds a frozen text encoder's weights, so a backbone without
+    # a weights option (`none`: text only) can come with one
+    bb_component = registry.get("backbone", recipe.model.backbone.name)
+    bb_takes_file = "weights" in bb_component.options.model_fields
 
     with warnings.catch_warnings():  # the weights come from the checkpoint, not the recipe's file
         warnings.simplefilter("ignore")
         model, _ = build_model(recipe, registry, vocab=vocab, backbone_options=(
-            {"weights": None} if bb_file.is_file() else None))
+            {"weights": None} if bb_file.is_file() and bb_takes_file else None))
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     if bb_file.is_file():
         try:
