@@ -110,7 +110,10 @@ def test_upload_type_and_read_the_box(page, server, grounder, tmp_path):
     assert rect == pytest.approx(list(want.xywh), abs=0.5)
     words = page.eval_on_selector_all("#words .word", "els => els.map(e => e.textContent)")
     assert [w.split()[0] for w in words] == want.words
-    # the figure (box + heat map) has loaded: the image decoded to its real size
+    # the figure (box + heat map) has loaded: the image decoded to its real size (an image
+    # decodes after the page says done: wait for it, as a person looking at it would)
+    page.wait_for_function("document.getElementById('figure').complete && "
+                           "document.getElementById('figure').naturalWidth > 0", timeout=30_000)
     size = page.eval_on_selector("#figure", "e => [e.complete, e.naturalWidth, e.naturalHeight]")
     fig = grounder.figure(image, "the red square", want)
     assert size == [True, fig.size[0], fig.size[1]]
@@ -149,4 +152,6 @@ def test_pick_a_dataset_image(page, server, grounder, tiny_run):
     box = json.loads(page.get_attribute("#box", "data-box") or "null")
     want = grounder.predict(tiny_run.root / name, phrase)
     assert box == pytest.approx(list(want.box), abs=0.5)
-    assert page.eval_on_selector("#picture", "e => e.complete && e.naturalWidth") > 0
+    # the dataset image is fetched from the server after the answer: it loads, not breaks
+    page.wait_for_function("document.getElementById('picture').complete && "
+                           "document.getElementById('picture').naturalWidth > 0", timeout=30_000)
