@@ -12,7 +12,6 @@ import os
 import socket
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ import pytest
 import uvicorn
 from PIL import Image
 
-import vgkit
 from vgkit.serve import create_app
 
 CHROMIUM = Path(os.environ.get("VGKIT_CHROMIUM", "/usr/bin/chromium"))
@@ -39,13 +37,6 @@ def browser_path() -> Path:
     if os.environ.get("VGKIT_REQUIRE_BROWSER") == "1":
         pytest.fail(f"VGKIT_REQUIRE_BROWSER=1 but {why}")
     pytest.skip(why)
-
-
-@pytest.fixture(scope="module")
-def grounder(tiny_run):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return vgkit.load(tiny_run.run, device="cpu")
 
 
 @pytest.fixture(scope="module")

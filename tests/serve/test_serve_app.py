@@ -5,22 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import threading
-import warnings
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import vgkit
 from vgkit.serve import create_app
-
-
-@pytest.fixture(scope="module")
-def grounder(tiny_run):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return vgkit.load(tiny_run.run, device="cpu")
 
 
 @pytest.fixture(scope="module")
