@@ -1,6 +1,6 @@
 """Box formats, conversions and IoU (differentiable where it matters).
 
-All pixel boxes are continuous: ``x2 = x1 + w``. Hu et al. count inclusive
+All pixel boxes are continuous: ``x2 = x1 + w``. ReferIt's hu form counts inclusive
 pixels (``w = x_max - x_min + 1``); :func:`iou` takes ``inclusive=True`` for that.
 """
 
@@ -51,7 +51,7 @@ def area(boxes: Tensor) -> Tensor:
 
 
 def iou(a: Tensor, b: Tensor, *, inclusive: bool = False, eps: float = 1e-9) -> Tensor:
-    """Element-wise IoU of xyxy boxes; ``inclusive`` adds Hu et al.'s +1 to widths and heights."""
+    """Element-wise IoU of xyxy boxes; ``inclusive`` adds the hu form's +1 to widths and heights."""
     one = 1.0 if inclusive else 0.0
     iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0]) + one).clamp(min=0)
     ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1]) + one).clamp(min=0)

@@ -1,7 +1,7 @@
 """Tokenizer and vocabulary shared by datasets and vocabulary-based text encoders.
 
-The tokenizer is Hu et al.'s (text_objseg / SCRC), the one ReferIt's
-8,803-token ReferIt vocabulary was built with: split on runs of non-word
+The tokenizer is that of ReferIt's hu-form tools (text_objseg / SCRC), the one its
+8,803-token vocabulary was built with: split on runs of non-word
 characters (``re.split(r"(\\W+)")``), drop whitespace-only pieces, lowercase,
 drop a final ``"."``. Punctuation other than whitespace stays a token.
 """
@@ -24,7 +24,7 @@ _SPLIT = re.compile(r"(\W+)")
 
 
 def tokenize(phrase: str) -> list[str]:
-    """Split a phrase into lowercase tokens the way Hu et al. do."""
+    """Split a phrase into lowercase tokens the way ReferIt's hu-form tools do."""
     words = [w.lower() for w in _SPLIT.split(phrase.strip()) if w.strip()]
     if words and words[-1] == ".":
         words = words[:-1]
@@ -72,7 +72,7 @@ class Vocabulary:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Vocabulary:
-        """Read one token a line (Hu et al.'s ``vocabulary_referit.txt`` format)."""
+        """Read one token a line (the hu form's ``vocabulary_referit.txt`` format)."""
         p = Path(path)
         if not p.is_file():
             raise VgkitError(f"vocabulary file not found: {p}")

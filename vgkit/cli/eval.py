@@ -16,7 +16,7 @@ from vgkit.errors import VgkitError
 from vgkit.fsutil import atomic_write_text
 
 _CONVENTION_NOTE = {"continuous": "continuous pixels (w = x2 - x1)",
-                    "inclusive": "inclusive whole pixels, Hu et al. (w = x2 - x1 + 1)"}
+                    "inclusive": "inclusive whole pixels, ReferIt's hu form (w = x2 - x1 + 1)"}
 
 
 def _breakdown_table(title: str, rows: list[dict[str, Any]]) -> Table:
@@ -42,7 +42,7 @@ def eval_cmd(
                                  help="Scoring: iou>=0.5 (default), iou>0.5, giou>=0.5, "
                                       "inclusive; comma-separated, or all."),
     convention: str = typer.Option("continuous", "--iou-convention",
-                                   help="continuous, or inclusive (Hu et al.'s +1)."),
+                                   help="continuous, or inclusive (ReferIt's hu-form +1)."),
     predictions: Path = typer.Option(None, "--predictions",
                                      help="JSONL out (default: RUN_DIR/predictions-<split>.jsonl)."),
     gallery: Path = typer.Option(None, "--gallery", help="Write a gallery of figures here."),

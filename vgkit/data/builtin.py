@@ -83,7 +83,7 @@ def build_synthetic(opts: SyntheticOptions, *, root: Path) -> DatasetIndex:
 
 
 def build_referit(opts: ReferItOptions, *, root: Path) -> DatasetIndex:
-    """ReferIt (Hu et al.'s split) from any of its three forms, or a prepared index."""
+    """ReferIt (the berkeley split) from any of its three forms, or a prepared index."""
     from vgkit.data.referit import load_referit
 
     return _prepared(opts.index, root, "ReferIt") or load_referit(root, format=opts.format)

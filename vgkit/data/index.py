@@ -2,7 +2,7 @@
 
 Boxes are stored as ``[x1, y1, x2, y2]`` in *continuous* original-image pixel
 coordinates: a box covering pixel columns 10..19 inclusive is ``x1=10, x2=20``,
-so ``w = x2 - x1``. Hu et al.'s inclusive boxes convert as ``x2 = x_max + 1``.
+so ``w = x2 - x1``. The hu form's inclusive boxes convert as ``x2 = x_max + 1``.
 
 On disk an index is a directory with ``manifest.json`` (name, source, box
 convention, counts per split, digest) and ``records.jsonl`` (one JSON object a

@@ -26,7 +26,7 @@ SHOW = 5  # how many example paths a report names
 def _referit(root: Path, fmt: str, splits: list[str] | None, strict: bool, split_by: str | None,
              image_dir: str | None) -> DatasetIndex:
     if split_by not in (None, "berkeley") or image_dir is not None:
-        raise VgkitError("referit is Hu et al.'s berkeley split with its own image folders: "
+        raise VgkitError("referit is the berkeley split with its own image folders: "
                          "--split-by and --image-dir do not apply (refclef has the unc split)")
     return load_referit(root, fmt, splits or DEFAULT_SPLITS, strict=strict)
 

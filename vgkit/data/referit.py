@@ -1,4 +1,4 @@
-"""ReferIt (ReferItGame, Hu et al.'s "berkeley" split) in any of its three forms.
+"""ReferIt (ReferItGame, the "berkeley" split) in any of its three forms.
 
 The official links are dead and the split circulates in three forms; all three
 load into the same :class:`~vgkit.data.index.Record` objects.

@@ -4,7 +4,7 @@ Acc@0.5 counts a prediction correct when IoU(prediction, ground truth) >= 0.5,
 both in ORIGINAL image pixels. Every expression of the split is in the
 denominator: one that cannot be scored (its image is unreadable, its record
 invalid) counts as a failure with IoU 0, and the numbers say how many there were. ``continuous`` IoU treats boxes as real-valued
-(x2 = x1 + w); ``inclusive`` is Hu et al.'s: coordinates rounded to whole
+(x2 = x1 + w); ``inclusive`` is ReferIt's hu form's: coordinates rounded to whole
 pixels, both boxes counted inclusively (+1 on widths and heights).
 
 Several splits are predicted in one pass (:func:`predict_splits`) and scored under

@@ -10,7 +10,7 @@ bucket, so the bucket counts add up to the split's size.
   any record has one; records without a type fall in ``(none)``.
 
 IoU follows ``convention``: ``continuous`` (x2 = x1 + w) or ``inclusive``
-(Hu et al.'s whole pixels with +1 on widths and heights).
+(ReferIt's hu-form whole pixels with +1 on widths and heights).
 """
 
 from __future__ import annotations
