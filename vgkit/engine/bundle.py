@@ -119,6 +119,9 @@ class DataBundle:
         self.progress = progress
         self.cache: FeatureCache | None = None
         self.blind = False  # True: batches carry no images and no maps (see text_only)
+        # False when the model's text encoder has its own tokenizer: then words outside
+        # the vocabulary mean nothing and are not warned about
+        self.reads_vocab = True
         self._features: Tensor | None = None  # the whole cache, when it lives in (GPU) memory
         self._splits: dict[str, ExprSet] = {}
         # records the index validator rejects, by identity: excluded from every split
@@ -206,7 +209,7 @@ class DataBundle:
                                  f"{len(excluded):,} are excluded: "
                                  + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
             unknown = sum(1 for r in recs if not any(t in self.vocab for t in r.tokens))
-            if unknown and self.progress:  # kept (a test set must stay whole), but said
+            if unknown and self.progress and self.reads_vocab:  # kept (a test set stays whole), said
                 warnings.warn(f"split {name!r}: {unknown:,} of {len(recs):,} phrases have only "
                               "words outside the vocabulary (they read as <unk>)", stacklevel=2)
             sizes = torch.tensor([[r.width, r.height] for r in recs], dtype=torch.float32)

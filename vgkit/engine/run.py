@@ -65,6 +65,7 @@ def _prepared(checkpoint: Path, which: str, dataset: str | None, root: Path | No
     own = not dataset or dataset == recipe.data.dataset.name
     recipe = retarget(recipe, registry, dataset, root)
     bundle = DataBundle(recipe, registry, vocab=vocab, progress=progress)
+    bundle.reads_vocab = hasattr(model.text_encoder, "vocab")
     if model.blind:
         bundle.text_only()
     elif model.backbone.frozen:

@@ -90,6 +90,7 @@ class Trainer:
                                        embeddings=self.data.embeddings(
                                            embedding_dim(recipe, registry)))
         self.model: GroundingModel = model
+        self.data.reads_vocab = hasattr(model.text_encoder, "vocab")
         if model.blind:
             self.data.text_only()
         elif model.backbone.frozen:
