@@ -11,7 +11,7 @@ from rich.table import Table
 
 from vgkit.cli.common import console, styled, user_errors
 from vgkit.engine.report import number, percent
-from vgkit.engine.run import CONVENTIONS, evaluate_checkpoint, peak_memory
+from vgkit.engine.run import check_convention, evaluate_checkpoint, peak_memory
 from vgkit.errors import VgkitError
 from vgkit.fsutil import atomic_write_text
 
@@ -57,8 +57,7 @@ def eval_cmd(
     from vgkit.engine.protocols import parse_protocols
     from vgkit.engine.run import report_evaluation
 
-    if convention not in CONVENTIONS:  # before the model is loaded
-        raise VgkitError(f"--iou-convention {convention!r}: choose continuous or inclusive")
+    check_convention(convention)  # before the model is loaded
     chosen = parse_protocols(protocol) if protocol is not None else []
     if splits is not None:
         if split is not None:

@@ -196,6 +196,17 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 CONVENTIONS = ("continuous", "inclusive")
 
 
+def check_convention(convention: str) -> None:
+    """One line for an IoU convention other than continuous or inclusive."""
+    if convention not in CONVENTIONS:
+        raise VgkitError(f"--iou-convention {convention!r}: choose continuous or inclusive")
+
+
+def _stem(own_dataset: bool, dataset: str, name: str) -> str:
+    """A result file's stem: `name`, after the dataset's when it is not the run's own."""
+    return name if own_dataset else f"{dataset}-{name}"
+
+
 def report_evaluation(ev: Evaluated, checkpoint: Path, *, which: str = "best",
                       convention: str = "continuous", errors: bool = False,
                       predictions: Path | None = None, gallery: Path | None = None,
@@ -217,8 +228,7 @@ def report_evaluation(ev: Evaluated, checkpoint: Path, *, which: str = "best",
     from vgkit.engine.visualize import write_gallery
     from vgkit.fsutil import atomic_write_text
 
-    if convention not in CONVENTIONS:
-        raise VgkitError(f"--iou-convention {convention!r}: choose continuous or inclusive")
+    check_convention(convention)
     conv: Any = convention
     numbers = breakdowns(ev.preds, conv)
     buckets = None
@@ -226,7 +236,7 @@ def report_evaluation(ev: Evaluated, checkpoint: Path, *, which: str = "best",
         buckets, numbers["errors"] = evaluation_failures(ev, prediction_ious(ev.preds, conv))
     run = RunDir.of(checkpoint)
     ds = ev.recipe.data.dataset.name
-    stem = ev.split if ev.own_dataset else f"{ds}-{ev.split}"  # the run's own results apart
+    stem = _stem(ev.own_dataset, ds, ev.split)  # the run's own results apart
     pred_path = write_predictions(ev.preds, predictions or run.predictions(stem), conv, buckets)
     numbers["baselines"] = evaluation_baselines(ev, conv)
     if protocols:
@@ -262,12 +272,12 @@ def report_splits(se: SplitsEvaluated, checkpoint: Path, *,
 
     run = RunDir.of(checkpoint)
     ds = se.recipe.data.dataset.name
-    prefix = "" if se.own_dataset else f"{ds}-"  # the run's own results apart
-    paths = {name: str(write_predictions(se.preds[name], run.predictions(prefix + name)))
+    paths = {name: str(write_predictions(se.preds[name],
+                                         run.predictions(_stem(se.own_dataset, ds, name))))
              for name in se.splits}
     summary = {"checkpoint": str(checkpoint), "which": which, "recipe": se.recipe.name,
                "root": str(se.bundle.root), "boxes": "xyxy original pixels", **se.summary(),
                "predictions": paths}
-    out = run.eval_summary(f"{prefix}splits-{'+'.join(se.splits)}")
+    out = run.eval_summary(_stem(se.own_dataset, ds, f"splits-{'+'.join(se.splits)}"))
     atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
     return summary, out
