@@ -10,6 +10,7 @@ from torch import nn
 
 from vgkit.errors import VgkitError
 from vgkit.interfaces import Attention, FeatureSpec, GroundingState
+from vgkit.layers import Dropout
 
 
 class ImageAttentionOptions(BaseModel):
@@ -38,7 +39,7 @@ def deeper_layers(hidden: int, layers: int, dropout: float) -> nn.Sequential:
     """Hidden layers after the first: (dropout, linear, tanh) x (layers - 1)."""
     mods: list[nn.Module] = []
     for _ in range(layers - 1):
-        mods += [nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Tanh()]
+        mods += [Dropout(dropout), nn.Linear(hidden, hidden), nn.Tanh()]
     return nn.Sequential(*mods)
 
 
@@ -54,7 +55,7 @@ class ImageAttention(Attention):
         self.W_vr = nn.Linear(spec.channels, opts.hidden, bias=False)
         self.W_vt = nn.Linear(spec.word_dim, opts.hidden)  # its bias is b_v
         self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
-        self.drop = nn.Dropout(opts.dropout)
+        self.drop = Dropout(opts.dropout)
         self.W_vh = nn.Linear(opts.hidden, 1)  # its bias is b_vh
         self.activation = opts.activation
         if opts.activation != "relu":
@@ -91,7 +92,7 @@ class TextAttention(Attention):
         self.W_tw = nn.Linear(spec.word_dim, opts.hidden, bias=False)
         self.W_talpha = nn.Linear(spec.regions, opts.hidden)  # its bias is b_t
         self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
-        self.drop = nn.Dropout(opts.dropout)
+        self.drop = Dropout(opts.dropout)
         self.W_th = nn.Linear(opts.hidden, 1)  # its bias is b_th
         self.out_spec = spec.with_(text_dim=spec.word_dim, provided=spec.provided | {"alpha_T"})
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from vgkit.interfaces import FeatureSpec, GroundingState, Head
+from vgkit.layers import Dropout
 
 from .attention import deeper_layers
 
@@ -45,7 +46,7 @@ class BoxRegression(Head):
             self.W_pv = nn.Linear(spec.visual_dim, opts.hidden)  # its bias is b_ph
         self.W_pt = nn.Linear(spec.text_dim, opts.hidden, bias=False) if spec.text_dim else None
         self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
-        self.drop = nn.Dropout(opts.dropout)
+        self.drop = Dropout(opts.dropout)
         self.W_p = nn.Linear(opts.hidden, 4)  # its bias is b_p
         self.output = opts.output
         H, W = spec.input_size
