@@ -23,6 +23,7 @@ from torch import Tensor
 from vgkit.boxes import iou
 from vgkit.data.index import Record
 from vgkit.engine.bundle import UNREADABLE, DataBundle, ExprSet, eval_order
+from vgkit.engine.memory import keep_freed_memory
 from vgkit.engine.protocols import Protocol, accuracies
 from vgkit.model import GroundingModel
 
@@ -62,6 +63,8 @@ def _predict(model: GroundingModel, bundle: DataBundle, exprs: ExprSet, *, batch
              ) -> tuple[Tensor, Tensor | None, list[Tensor] | None, set[int]]:
     """(boxes, alpha_I, alpha_T, positions whose image could not be read) of every expression."""
     device = device or next(model.parameters()).device
+    if device.type == "cpu":
+        keep_freed_memory()  # batch-64 activations are over glibc's mmap threshold
     model.eval()
     boxes = torch.zeros(len(exprs), 4)
     alpha_I: Tensor | None = None

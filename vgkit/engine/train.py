@@ -31,6 +31,7 @@ from vgkit.distributed import DistInfo, barrier, device_for, init_distributed
 from vgkit.engine import checkpoint as ckpt
 from vgkit.engine.bundle import DataBundle
 from vgkit.engine.evaluate import accuracy, predict
+from vgkit.engine.memory import keep_freed_memory
 from vgkit.engine.rundir import RunDir, checkpoint_to_load
 from vgkit.errors import VgkitError
 from vgkit.fsutil import folder_lock
@@ -85,6 +86,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
+            keep_freed_memory()  # reuse the big activations' pages instead of faulting anew
         self.data = DataBundle(recipe, registry, progress=self.progress)
         model, self.loss = build_model(recipe, registry, vocab=self.data.vocab,
                                        embeddings=self.data.embeddings(
