@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,7 +29,8 @@ def tokenize(phrase: str) -> list[str]:
     words = [w.lower() for w in _SPLIT.split(phrase.strip()) if w.strip()]
     if words and words[-1] == ".":
         words = words[:-1]
-    return [w.strip() for w in words]
+    # interned: an index holds each distinct token once, not once per phrase that uses it
+    return [sys.intern(w.strip()) for w in words]
 
 
 class Vocabulary:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -116,3 +118,34 @@ def test_real_prepare_and_info(real_dir, tmp_path):
     cov = vocab_coverage(DatasetIndex.load(out).records, voc)
     assert 0.95 < cov["token_share"] < 1
     assert f"covers {cov['token_share']:.2%} of {cov['tokens']:,} tokens" in res.output
+
+
+LAZY = """
+import sys
+sys.argv = ["vgkit", *sys.argv[1:]]
+from vgkit.cli import main
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print("torch" in sys.modules, "vgkit.cli.train" in sys.modules)
+"""
+
+
+def test_the_data_commands_load_neither_torch_nor_the_other_commands(tmp_path):
+    # `vgkit data prepare` on a big dataset should hold the records, not torch (~450 MB)
+    data = tmp_path / "syn"
+    out = subprocess.run([sys.executable, "-c", LAZY, "data", "synth", "--out", str(data),
+                          "--n-images", "10"], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["False", "False"], out.stdout
+    out = subprocess.run([sys.executable, "-c", LAZY, "--help"], capture_output=True, text=True,
+                         check=True)
+    assert "train" in out.stdout and "data" in out.stdout  # no command named: all are listed
+
+
+def test_the_library_app_has_every_command():
+    from vgkit.cli import app
+
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert {"train", "eval", "bench", "predict", "serve", "export", "plugins", "search",
+            "recipes", "data", "features", "weights"} <= names

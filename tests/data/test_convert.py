@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def test_referit_layout(tmp_path):
     back = load_referit(tmp_path / "referit", "pth", ["test"])
     assert [key(r, False) for r in back] == [key(r, False) for r in ix]
     # TransVG reads referit_trainval.pth itself (it joins train and val for the others)
-    tv = DatasetIndex([Record(**{**r.__dict__, "split": s}) for s in ("train", "val", "trainval")
+    tv = DatasetIndex([dataclasses.replace(r, split=s) for s in ("train", "val", "trainval")
                        for r in ix.records[:1]], name="referit")
     done = convert_index(tv, "pth", tmp_path / "tv")
     assert sorted(p.name for p in done.files) == ["referit_train.pth", "referit_trainval.pth",
@@ -201,7 +202,7 @@ def test_bad_requests_are_one_line(tmp_path, refer_root):
 def test_invalid_records_left_out_and_counted(tmp_path):
     ix = own_index()
     bad = ix.records[0]
-    ix.records.append(Record(**{**bad.__dict__, "box": (5.0, 5.0, 5.0, 9.0), "sent_id": 7}))
+    ix.records.append(dataclasses.replace(bad, box=(5.0, 5.0, 5.0, 9.0), sent_id=7))
     done = convert_index(ix, "coco", tmp_path)
     assert "left out 1 invalid of 5 records: degenerate_box 1" in done.notes
     assert done.counts == {"train": 3, "val": 1}

@@ -24,16 +24,19 @@ from typing import Any
 
 from vgkit.data.validate import safe_relpath
 from vgkit.errors import VgkitError
-from vgkit.fsutil import atomic_write_text
+from vgkit.fsutil import atomic_write_text, replacing
 from vgkit.text import tokenize
 
 BOX_CONVENTION = "xyxy-continuous-pixels"
 INDEX_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
-    """One referring expression: an image, a phrase and the box it refers to."""
+    """One referring expression: an image, a phrase and the box it refers to.
+
+    Slotted (no per-record ``__dict__``), tokens interned by :func:`vgkit.text.tokenize`.
+    """
 
     image_id: str
     image_path: str  # relative to the dataset root
@@ -50,7 +53,7 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of this record."""
         # a shallow dict: dataclasses.asdict deep-copies and is ~10x slower on 100k records
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d: dict[str, Any] = {name: getattr(self, name) for name in _FIELD_NAMES}
         d["box"], d["tokens"] = list(self.box), list(self.tokens)
         if not d["extra"]:
             del d["extra"]
@@ -106,13 +109,25 @@ class DatasetIndex:
                 "digest": digest or self.digest(), "meta": self.meta}
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``manifest.json`` and ``records.jsonl`` atomically into `directory`."""
+        """Write ``manifest.json`` and ``records.jsonl`` atomically into `directory`.
+
+        The records stream to the temp file a chunk at a time, hashed as they go: memory
+        holds no second copy of the index as text.
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        lines = [json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) for r in self.records]
-        digest = hashlib.sha256("".join(line + "\n" for line in lines).encode()).hexdigest()
-        _atomic_write(d / "records.jsonl", "".join(line + "\n" for line in lines))
-        _atomic_write(d / "manifest.json", json.dumps(self.manifest(digest), indent=2) + "\n")
+        h, target = hashlib.sha256(), d / "records.jsonl"
+        with replacing(target) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for start in range(0, len(self.records), 10_000):
+                    chunk = "".join(json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False)
+                                    + "\n" for r in self.records[start:start + 10_000])
+                    h.update(chunk.encode())
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        _atomic_write(d / "manifest.json", json.dumps(self.manifest(h.hexdigest()), indent=2) + "\n")
         return d
 
     @classmethod
@@ -208,6 +223,7 @@ _FIELDS: dict[str, tuple[type | None, str]] = {
     "ref_id": (str, "a string"), "sent_id": (int, "an integer"), "extra": (dict, "an object")}
 _REQUIRED = frozenset(("image_id", "image_path", "width", "height", "box", "phrase", "split"))
 _ALLOWED = frozenset(_FIELDS)
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Record))
 _NO_EXTRA: dict[str, Any] = {}
 _NUMBER = frozenset((int, float))
 _STRS = itertools.repeat(str)
