@@ -169,7 +169,9 @@ def test_two_nodes_by_c10d_rendezvous_equal_one_process(root, one_rank, tmp_path
     _same_model(one_rank, tmp_path / "nodes")
 
 
-def test_nan_loss_stops_with_a_message_and_leaves_the_last_good_checkpoint(root, tmp_path):
+@pytest.mark.parametrize("sync_every", [1, 4], ids=["cpu-checks-each-step", "gpu-checks-every-4"])
+def test_nan_loss_stops_with_a_message_and_leaves_the_last_good_checkpoint(root, tmp_path,
+                                                                         sync_every):
     host = PluginHost()
     host.load_entry_points()
     base = host.registry.get("loss", "iou-se-area")
@@ -191,14 +193,26 @@ def test_nan_loss_stops_with_a_message_and_leaves_the_last_good_checkpoint(root,
 
     host.registry.add("loss", "nan-at-5", build, options=base.options)
     recipe = load_recipe("synthetic-attn-regression", [f"data.root={root}", *TINY,
-                                                       "loss.name=nan-at-5"],
+                                                       "loss.name=nan-at-5", "train.log_every=4"],
                          registry=host.registry)
     trainer = Trainer(recipe, host.registry, tmp_path / "nan", progress=False)
-    with pytest.raises(NonFiniteLoss, match=r"loss is nan at epoch 1, step 5.*last\.safetensors"):
+    # a GPU reads the loss every log_every steps: the NaN of step 5 is found at step 6 (the
+    # checkpoint's), yet the message names step 5 and its records, and nothing is saved
+    trainer.sync_every = sync_every
+    seen: list[list[int]] = []
+    batches = trainer.data.batches
+    trainer.data.batches = lambda *a, **k: (seen.append(b.idx.tolist()) or b
+                                            for b in batches(*a, **k))
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at epoch 1, step 5.*last\.safetensors"
+                       ) as e:
         trainer.fit()
+    record = trainer.train_set.records[seen[4][0]]
+    assert f"{record.ref_id or record.image_id}#{record.sent_id}" in str(e.value)
     tensors, meta = ckpt.load(tmp_path / "nan" / "checkpoints" / "last.safetensors")
     assert meta["global_step"] == 3
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
+    # fused Adam skipped the bad step's update: the weights in memory are finite too
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 WRITER = """

@@ -123,6 +123,7 @@ class DataBundle:
         # the vocabulary mean nothing and are not warned about
         self.reads_vocab = True
         self._features: Tensor | None = None  # the whole cache, when it lives in (GPU) memory
+        self._pin = False  # page-locked batches (for a GPU's asynchronous copies)
         self._splits: dict[str, ExprSet] = {}
         # records the index validator rejects, by identity: excluded from every split
         self._invalid = {id(self.index.records[k]): f"invalid record ({kind})"
@@ -184,8 +185,11 @@ class DataBundle:
                              workers=workers, device=device, dist_info=dist_info,
                              progress=self.progress)
         self.cache = FeatureCache.open(path, expected=spec)
-        if device.type == "cuda":  # the whole cache fits in GPU memory (ReferIt: ~4 GB fp16)
-            self._features = self.cache.load_all(device)
+        self._pin = device.type == "cuda"
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if cache_fits_gpu(self.cache.features.nbytes, free):  # ReferIt: ~4 GB fp16
+                self._features = self.cache.load_all(device)
         return self.cache
 
     def text_only(self) -> None:
@@ -255,8 +259,11 @@ class DataBundle:
         img = exprs.image_of[idx]
         uniq, image_index = torch.unique(img, return_inverse=True)
         rows = self.cache.rows([exprs.image_ids[i] for i in uniq.tolist()])
-        feats = self._features[rows.to(self._features.device)] if self._features is not None \
-            else self.cache.get(rows)
+        if self._features is not None:  # the whole cache in GPU memory: no copy at all
+            feats = self._features[rows.to(self._features.device)]
+        else:  # read from the memory-mapped file; page-locked for an asynchronous copy
+            feats = self.cache.get(rows)
+            feats = feats.pin_memory() if self._pin else feats
         t = torch.tensor(idx)
         return Batch(t, tokenize([exprs.records[i].phrase for i in idx]), exprs.target[t],
                      image_index, features=feats)
@@ -287,6 +294,15 @@ class _ImageBatches(Dataset):
                 images.append(torch.zeros(3, H, W))
                 bad.append(str(exc))
         return idx, torch.stack(images), image_index, bad if any(bad) else []
+
+
+def cache_fits_gpu(cache_bytes: int, gpu_free_bytes: int) -> bool:
+    """Whether a GPU run keeps the whole feature cache in GPU memory: at most half of what is free.
+
+    The other half is the model's: activations, gradients and Adam's state. A cache that
+    does not fit stays memory-mapped and each batch is gathered into page-locked memory.
+    """
+    return cache_bytes <= gpu_free_bytes // 2
 
 
 def eval_order(exprs: ExprSet, batch_size: int) -> list[list[int]]:

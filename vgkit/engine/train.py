@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
@@ -35,11 +36,16 @@ from vgkit.engine.memory import keep_freed_memory
 from vgkit.engine.rundir import RunDir, checkpoint_to_load
 from vgkit.errors import VgkitError
 from vgkit.fsutil import folder_lock
+from vgkit.interfaces import LossOutput
 from vgkit.model import GroundingModel, build_model, compute_loss
 from vgkit.progress import progress_bar
 from vgkit.recipe import OptimConfig, Recipe
 from vgkit.registry import Registry
 from vgkit.text import Vocabulary
+
+# a training step the host has not checked yet: (its number, its records' positions, the
+# device flag "not finite", its loss terms)
+_Pending = tuple[int, Tensor, Tensor, LossOutput]
 
 
 class NonFiniteLoss(VgkitError):
@@ -118,6 +124,10 @@ class Trainer:
                                             if self.device.type == "cuda" else None)
                     if self.info.world > 1 else None)
         self.state = TrainState()
+        # steps between reads of the loss on the host: each one on the CPU (free there),
+        # every train.log_every on a GPU (a read waits for the whole queue of kernels)
+        self.sync_every = 1 if self.device.type == "cpu" else recipe.train.log_every
+        self._one = torch.ones((), device=self.device)  # the unscale factor of the grad check
 
     def close(self) -> None:
         """Release the run directory's lock (training is over; safe to call twice)."""
@@ -179,6 +189,34 @@ class Trainer:
         self.state = TrainState(meta["epoch"], meta["step_in_epoch"], meta["global_step"],
                                 meta["best"], meta["history"])
 
+    def _found_inf(self, total: Tensor) -> Tensor:
+        """1.0 where the loss or any gradient is not finite, else 0.0 (on the device, no sync)."""
+        found = (~torch.isfinite(total.detach())).float()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._one)
+        return found
+
+    def _check_finite(self, pending: list[_Pending], batch: Any = None) -> None:
+        """Stop at the first of the `pending` steps that was not finite (one host sync).
+
+        Fused Adam skipped that step's update, so the weights are the last good ones. The
+        message names the step and its records; `batch` is that step's batch when the
+        caller still has it, else it is read again for the diagnosis.
+        """
+        if not pending:
+            return
+        bad = torch.stack([found for _, _, found, _ in pending]).cpu()
+        if not bool(bad.any()):
+            pending.clear()
+            return
+        step, idx, _, res = pending[int(bad.nonzero()[0])]
+        if batch is None or not torch.equal(batch.idx.cpu(), idx.cpu()):
+            batch = next(iter(self.data.batches(self.train_set, [idx.tolist()],
+                                                self.model.tokenize)))
+        self.state.global_step = step - 1  # the message counts from the step that failed
+        raise NonFiniteLoss(self._non_finite(batch, res))
+
     def _non_finite(self, b: Any, res: Any) -> str:
         """Why training stops on a non-finite loss: step, terms, records, the likely cause."""
         bad_terms = [k for k, v in res.terms.items() if not torch.isfinite(v).all()]
@@ -189,9 +227,10 @@ class Trainer:
         last = self.rundir.last
         saved = (f"the last good checkpoint is {last} (--resume continues from it)"
                  if last.is_file() else "no checkpoint was written before it")
+        what = (f"(non-finite terms: {', '.join(bad_terms) or 'total'})"
+                if not torch.isfinite(res.total) else "but its gradients are not finite")
         return (f"loss is {res.total.item()} at epoch {self.state.epoch + 1}, step "
-                f"{self.state.global_step + 1} (non-finite terms: {', '.join(bad_terms) or 'total'}) "
-                f"on records {ids}; {cause}; stopped, {saved}")
+                f"{self.state.global_step + 1} {what} on records {ids}; {cause}; stopped, {saved}")
 
     def _non_finite_cause(self, b: Any) -> str:
         if b.features is not None and not torch.isfinite(b.features).all():
@@ -236,6 +275,7 @@ class Trainer:
                     todo = batches[self.state.step_in_epoch:]
                     model.train()
                     tick, seen = time.perf_counter(), 0
+                    pending: list[_Pending] = []  # steps whose flags the host has not read
                     for b in self.data.batches(self.train_set, todo, self.model.tokenize,
                                                workers=t.workers):
                         if b.bad_images:  # read every step, so there is no skip list yet
@@ -248,10 +288,16 @@ class Trainer:
                                         image_index=b.image_index)
                         res = compute_loss(self.loss, out, b.target, self.model.head.box_format,
                                            self.model.spec.input_size)
-                        if not torch.isfinite(res.total):
-                            raise NonFiniteLoss(self._non_finite(b, res))
                         self.opt.zero_grad(set_to_none=True)
                         res.total.backward()
+                        # No host sync here: fused Adam skips by itself the update of a step
+                        # whose loss or gradients (all-reduced: the same on every rank) are not
+                        # finite, and _check_finite reads the flags every sync_every steps.
+                        found_inf = self._found_inf(res.total)
+                        self.opt.found_inf = found_inf  # type: ignore[attr-defined]
+                        pending.append((self.state.global_step + 1, b.idx, found_inf,
+                                        LossOutput(res.total.detach(),
+                                                   {k: v.detach() for k, v in res.terms.items()})))
                         for group in self.opt.param_groups:
                             group["lr"] = lr_at(self.recipe.optim, self.state.global_step, total)
                         self.opt.step()
@@ -259,14 +305,21 @@ class Trainer:
                         self.state.global_step += 1
                         seen += len(b.idx) * info.world
                         rate = seen / max(time.perf_counter() - tick, 1e-9)
-                        advance(1, loss=res.total.item(), **{"samples/s": rate})
-                        if self.state.global_step % t.log_every == 0:
+                        step = self.state.global_step
+                        if step % self.sync_every == 0 or step % t.log_every == 0:
+                            self._check_finite(pending, b if self.sync_every == 1 else None)
+                            advance(1, loss=res.total.item(), **{"samples/s": rate})
+                        else:
+                            advance(1, **{"samples/s": rate})
+                        if step % t.log_every == 0:
                             log.write(event="train", epoch=self.state.epoch + 1,
-                                      step=self.state.global_step, loss=res.total.item(),
+                                      step=step, loss=res.total.item(),
                                       **{k: v.item() for k, v in res.terms.items()},
                                       samples_per_s=rate)
-                        if self.state.global_step % t.checkpoint_every == 0:
+                        if step % t.checkpoint_every == 0:
+                            self._check_finite(pending)
                             self.save("last")
+                    self._check_finite(pending)
                     self.state.epoch += 1
                     self.state.step_in_epoch = 0
                     self._validate(log)
