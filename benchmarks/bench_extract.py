@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from common import (
     DEFAULT_ROOT,
+    add_quiet_options,
     append_results,
     bracketed,
     count_flops,
@@ -21,6 +22,7 @@ from common import (
     matmul_gflops,
     md_table,
     quiet_warnings,
+    require_quiet,
     section,
     timeit,
 )
@@ -39,6 +41,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes: finishes in < 2 minutes")
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where data and caches go")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    add_quiet_options(p)
     return p.parse_args()
 
 
@@ -134,6 +137,7 @@ def main() -> None:
     """Run the extraction and cache-read benchmarks; print and record the tables."""
     args = parse()
     quiet_warnings()
+    busy = require_quiet(args)
     cfg = ({"n_images": 8, "batch_sizes": (8,), "workers": (0, 2), "repeats": 1,
             "big": 256, "batches": 50} if args.quick else
            {"n_images": 64, "batch_sizes": (8, 32), "workers": (0, 2), "repeats": 3,
@@ -167,7 +171,7 @@ def main() -> None:
         "### Feature-cache reads (float16 [512, 14, 14] = 0.2 MB a map; warm page cache)\n\n"
         + md_table(["cache", "maps", "MB", "operation", "maps/s", "MB/s", "ms per call",
                     "matmul GFLOP/s before/after"], cache)])
-    text = section("Feature extraction and cache reads (`bench_extract.py`)", m, body)
+    text = section("Feature extraction and cache reads (`bench_extract.py`)", m, body, busy)
     print(text)
     if not args.no_write:
         print(f"\nwrote {append_results(NAME, text)}", file=sys.stderr)

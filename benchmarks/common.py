@@ -28,6 +28,71 @@ while the machine was busy can be read relative to its state at the time.
 """
 
 
+BUSY_LOAD = 0.5  # a 1-minute load average above this means other jobs share the CPUs
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def add_quiet_options(p: Any) -> None:
+    """--wait-quiet and --allow-busy on an argparse parser (see :func:`require_quiet`)."""
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help=f"wait up to this long for the load average to drop below {BUSY_LOAD}")
+    p.add_argument("--allow-busy", action="store_true",
+                   help="measure and write RESULTS.md on a busy machine, marked as such")
+
+
+def require_quiet(args: Any) -> str:
+    """Refuse to measure for RESULTS.md on a busy machine: '' when quiet, else a warning line.
+
+    On a shared machine small ops slow down far more than the matmul reference, so a
+    busy machine's "% of matmul" is too low by up to 8x. Refused (exit 2) unless
+    --no-write (numbers printed only) or --allow-busy (written, marked busy).
+    """
+    deadline = time.monotonic() + args.wait_quiet
+    while load_average() > BUSY_LOAD and time.monotonic() < deadline:
+        time.sleep(5)
+    load = load_average()
+    if load <= BUSY_LOAD:
+        return ""
+    line = (f"**Busy machine:** load average {load:.2f} (> {BUSY_LOAD}) when this run started; "
+            "small ops slow down more than the matmul, so these percentages are too low.")
+    if getattr(args, "no_write", False) or args.allow_busy:
+        print(f"warning: {line}", file=sys.stderr)
+        return line
+    sys.exit(f"refused: load average {load:.2f} > {BUSY_LOAD}: other jobs share this machine, "
+             "and its numbers would go into RESULTS.md. Wait (--wait-quiet SECONDS), print "
+             "only (--no-write), or write them marked busy (--allow-busy).")
+
+
+def best_interleaved(figures: dict[str, Callable[[], float]], repeats: int,
+                     ) -> tuple[dict[str, float], dict[str, float], float]:
+    """Each figure's best rate over `repeats` rounds, every figure once a round after a matmul.
+
+    Returns (best rate of each figure, the matmul GFLOP/s measured just before that best,
+    the best matmul GFLOP/s of the whole run). Interleaving spreads a burst of load
+    over all figures instead of spoiling one; the best of several is the least disturbed.
+    """
+    best: dict[str, float] = {}
+    beside: dict[str, float] = {}
+    top = 0.0
+    for r in range(repeats):
+        for name, fn in figures.items():
+            mm = matmul_gflops(repeats=3)
+            top = max(top, mm)
+            rate = fn()
+            print(f"  round {r + 1}/{repeats} {name}: {rate:,.2f}/s (matmul {mm:.0f})",
+                  file=sys.stderr)
+            if rate > best.get(name, 0.0):
+                best[name], beside[name] = rate, mm
+    return best, beside, top
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     """Median fp32 GFLOP/s of an n x n torch matmul (after one warm-up)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -114,12 +179,12 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def section(title: str, m: dict[str, Any], body: str) -> str:
-    """A RESULTS.md section: title, date, command, machine line, then `body`."""
+def section(title: str, m: dict[str, Any], body: str, busy: str = "") -> str:
+    """A RESULTS.md section: title, date, command, machine line, busy warning, then `body`."""
     return "\n\n".join([
         f"## {title}",
         f"**Date:** {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  \n**Command:** `{command_line()}`",
-        machine_line(m), body.strip()])
+        machine_line(m), *([busy] if busy else []), body.strip()])
 
 
 def append_results(name: str, markdown: str, path: Path = RESULTS) -> Path:
