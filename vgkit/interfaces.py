@@ -28,6 +28,7 @@ recipe          (none)                                  recipe data (``dict``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -79,9 +80,23 @@ class GroundingState:
     alpha_I: Tensor | None = None  # [B, N] image attention map v^I_alpha, if computed
     alpha_T: Tensor | None = None  # [B, L] text attention, if computed
     extras: dict[str, Tensor] = field(default_factory=dict)  # plugin-specific outputs
+    # In evaluation, when expressions share images: each distinct image's regions once
+    # ([U, N, C]) and the row of each expression (V = V_images[image_index]); see per_image
+    V_images: Tensor | None = None
+    image_index: Tensor | None = None
     # named auxiliary loss terms (scalars, already weighted) that components contribute:
     # the engine adds each to the loss and logs it as "aux.<name>"
     aux_losses: dict[str, Tensor] = field(default_factory=dict)
+
+    def per_image(self, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``fn(V)`` for a per-region map `fn`, computed once per distinct image and repeated.
+
+        The same numbers as ``fn(self.V)`` (an exact rewrite): an image with four
+        expressions pays for one ``W V`` instead of four.
+        """
+        if self.V_images is None or self.image_index is None:
+            return fn(self.V)
+        return fn(self.V_images)[self.image_index]
 
     def add_loss(self, name: str, value: Tensor) -> None:
         """Contribute an auxiliary loss term `name` (a scalar tensor, weighted as wanted)."""

@@ -108,12 +108,16 @@ class GroundingModel(nn.Module):
         dtype = next(self.head.parameters()).dtype
         # normalise once per image, before the maps are repeated for each expression
         V_map = (V_map.to(dtype) - self.feat_mean[:, None, None]) / self.feat_std[:, None, None]
-        if image_index is not None:
-            V_map = V_map[image_index]
-        V = V_map.flatten(2).transpose(1, 2)  # [B, N, C]
+        V_images = V_map.flatten(2).transpose(1, 2)  # [U, N, C], one row per distinct image
+        V = V_images[image_index] if image_index is not None else V_images  # [B, N, C]
+        # evaluation shares per-image work when images repeat (training keeps V alone, so its
+        # gradients sum in the same order as ever)
+        shared = image_index is not None and not self.training and len(V_images) < len(V)
         v_l, v_T = self.text_encoder(text.ids, text.mask)
         state = GroundingState(V=V, grid=self.spec.grid, v_l=v_l, word_mask=text.mask, v_T=v_T,
-                               visual=V.mean(1), text=v_T)
+                               visual=V.mean(1), text=v_T,
+                               V_images=V_images if shared else None,
+                               image_index=image_index if shared else None)
         # the backbone and the text encoder see no state: terms they put in their own
         # `aux_losses` dict during forward join it here (a cached backbone ran no forward)
         parts: list[nn.Module] = [self.text_encoder]

@@ -67,7 +67,8 @@ class ImageAttention(Attention):
 
     def forward(self, state: GroundingState) -> GroundingState:
         """Compute alpha_I over the N regions of V."""
-        h_v = torch.tanh(self.W_vr(state.V) + self.W_vt(state.v_T).unsqueeze(1))  # [B, N, n]
+        # W_vr v_ri once per distinct image (an exact rewrite), then the phrase's term
+        h_v = torch.tanh(state.per_image(self.W_vr) + self.W_vt(state.v_T).unsqueeze(1))  # [B, N, n]
         h_v = self.deeper(h_v)
         score = self.W_vh(self.drop(h_v)).squeeze(-1)  # [B, N]
         if self.activation == "relu":

@@ -159,6 +159,30 @@ def test_padded_words_never_change_any_output(registry):
     assert torch.allclose(a.state.alpha_T, b.state.alpha_T[:, : text.ids.shape[1]], atol=1e-6)
 
 
+def test_shared_images_compute_W_vr_V_once_per_image_with_the_same_outputs(registry):
+    recipe = load_recipe("refit-attn-regression", ["data.image_size=[64, 64]"], registry=registry)
+    torch.manual_seed(0)
+    model, _ = build_model(recipe, registry)
+    model.eval()
+    feats = torch.randn(2, 512, 4, 4)  # two images, three phrases: 0, 1 on image 0, 2 on 1
+    image_index = torch.tensor([0, 0, 1])
+    text = model.tokenize(PHRASES)
+    rows = []
+    hook = model.attention[0].W_vr.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    shared = model(text, features=feats, image_index=image_index)
+    copied = model(text, features=feats[image_index])
+    hook.remove()
+    assert rows == [2, 3]  # W_vr ran over the 2 images, then over 3 copies of them
+    assert torch.allclose(shared.g, copied.g, atol=1e-5)
+    assert torch.allclose(shared.state.alpha_I, copied.state.alpha_I, atol=1e-6)
+    model.train()  # training keeps the per-expression V, so gradients sum as they always did
+    rows.clear()
+    hook = model.attention[0].W_vr.register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    model(text, features=feats, image_index=image_index)
+    hook.remove()
+    assert rows == [3]
+
+
 # ---------------------------------------------------------------- 3.5 head
 
 def test_box_regression_is_relu_of_an_mlp_over_alpha_and_v_T_prime():
