@@ -67,11 +67,23 @@ def read_json(path: Path) -> Any:
 
 
 
+class _Tag:
+    """``where: id#n``, formatted only when a problem message uses it (most records have none)."""
+
+    __slots__ = ("id", "n", "where")
+
+    def __init__(self, where: str, id_: str, n: int) -> None:
+        self.where, self.id, self.n = where, id_, n
+
+    def __format__(self, spec: str) -> str:
+        return f"{self.where}: {self.id}#{self.n}"
+
+
 def make_record(p: Problems, where: str, *, image_id: str, image_path: str, size: tuple[int, int],
                  box: Sequence[Any] | None, phrase: Any, split: str, ref_id: str,
                  sent_id: int) -> Record | None:
     """Validate and normalise one expression; None when it must be skipped."""
-    tag = f"{where}: {ref_id or image_id}#{sent_id}"
+    tag = _Tag(where, ref_id or image_id, sent_id)  # its text is built only for a problem
     if isinstance(phrase, bytes):
         phrase = phrase.decode("utf-8", "surrogateescape")
     phrase = "" if phrase is None else str(phrase)

@@ -99,7 +99,7 @@ class DatasetIndex:
         """A sha256 over the records' content (order included): identifies the data."""
         h = hashlib.sha256()
         for r in self.records:
-            h.update((json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False) + "\n").encode())
+            h.update((_LINE.encode(r.to_json()) + "\n").encode())
         return h.hexdigest()
 
     def manifest(self, digest: str | None = None) -> dict[str, Any]:
@@ -120,8 +120,8 @@ class DatasetIndex:
         with replacing(target) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 for start in range(0, len(self.records), 10_000):
-                    chunk = "".join(json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False)
-                                    + "\n" for r in self.records[start:start + 10_000])
+                    chunk = "".join(_LINE.encode(r.to_json()) + "\n"
+                                    for r in self.records[start:start + 10_000])
                     h.update(chunk.encode())
                     f.write(chunk)
                 f.flush()
@@ -224,6 +224,8 @@ _FIELDS: dict[str, tuple[type | None, str]] = {
 _REQUIRED = frozenset(("image_id", "image_path", "width", "height", "box", "phrase", "split"))
 _ALLOWED = frozenset(_FIELDS)
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Record))
+# one encoder for every line: json.dumps with options builds a new one a call
+_LINE = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 _NO_EXTRA: dict[str, Any] = {}
 _NUMBER = frozenset((int, float))
 _STRS = itertools.repeat(str)

@@ -164,20 +164,25 @@ def _load_hu(root: Path, splits: Sequence[str], p: Problems) -> tuple[list[Recor
     sizes = _Sizes(root, [base, *_bases(root)])
     avail = [f.stem.removeprefix("referit_query_") for f in base.glob("referit_query_*.json")]
     records: list[Record] = []
+    paths: dict[str, str] = {}  # image id -> its checked path (an image has many crops)
     for split, sources in plan_splits(splits, avail, str(base)).items():
         for src in sources:
             fname = f"referit_query_{src}.json"
+            where = str(base / fname)
             for crop_id, phrases in read_json(base / fname).items():
                 image_id = crop_id.rsplit("_", 1)[0]
-                # The crop id names the image file: "../../etc/passwd_1" must not open it.
-                image_path = "images/" + safe_relpath(f"{image_id}.jpg",
-                                                      f"{base / fname}: crop {crop_id!r}")
+                image_path = paths.get(image_id)
+                if image_path is None:
+                    # The crop id names the image file: "../../etc/passwd_1" must not open it.
+                    image_path = paths[image_id] = "images/" + safe_relpath(
+                        f"{image_id}.jpg", f"{where}: crop {crop_id!r}")
                 box = boxes.get(crop_id)
+                box = None if box is None else _inclusive(box)
+                size = sizes.get(image_id, image_path)
                 for i, phrase in enumerate(phrases if isinstance(phrases, list) else [phrases]):
                     rec = make_record(p, fname, image_id=image_id, image_path=image_path,
-                                       size=sizes.get(image_id, image_path),
-                                       box=None if box is None else _inclusive(box),
-                                       phrase=phrase, split=split, ref_id=crop_id, sent_id=i)
+                                       size=size, box=box, phrase=phrase, split=split,
+                                       ref_id=crop_id, sent_id=i)
                     if rec is not None:
                         records.append(rec)
     return records, sizes.notes()
