@@ -14,16 +14,15 @@ import torch
 from common import (
     DEFAULT_ROOT,
     add_quiet_options,
-    append_results,
     bracketed,
     count_flops,
     machine,
     machine_line,
     matmul_gflops,
     md_table,
+    publish,
     quiet_warnings,
     require_quiet,
-    section,
     timeit,
 )
 from vgkit_endo2017.backbones import BackboneOptions, build_vgg16
@@ -171,10 +170,7 @@ def main() -> None:
         "### Feature-cache reads (float16 [512, 14, 14] = 0.2 MB a map; warm page cache)\n\n"
         + md_table(["cache", "maps", "MB", "operation", "maps/s", "MB/s", "ms per call",
                     "matmul GFLOP/s before/after"], cache)])
-    text = section("Feature extraction and cache reads (`bench_extract.py`)", m, body, busy)
-    print(text)
-    if not args.no_write:
-        print(f"\nwrote {append_results(NAME, text)}", file=sys.stderr)
+    publish(NAME, "Feature extraction and cache reads (`bench_extract.py`)", m, body, busy, args)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ from pathlib import Path
 from common import (
     DEFAULT_ROOT,
     add_quiet_options,
-    append_results,
     machine,
     machine_line,
     matmul_gflops,
     md_table,
+    publish,
     require_quiet,
-    section,
 )
 
 from vgkit.data.index import DatasetIndex, Record
@@ -166,10 +165,7 @@ def main() -> None:
         "written a chunk at a time and hashed as it goes. `vgkit data prepare` mounts only the "
         "`data` commands, so it does not import torch. Bytes per expression: tracemalloc's "
         "count of what the loaded records hold, after a garbage collection.", *parts])
-    text = section("Dataset index (`bench_index.py`)", m, body, busy)
-    print(text)
-    if not args.no_write:
-        print(f"\nwrote {append_results(NAME, text)}", file=sys.stderr)
+    publish(NAME, "Dataset index (`bench_index.py`)", m, body, busy, args)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,15 @@ import torch
 from common import (
     DEFAULT_ROOT,
     add_quiet_options,
-    append_results,
     best_interleaved,
     count_flops,
     machine,
     machine_line,
     matmul_gflops,
     md_table,
+    publish,
     quiet_warnings,
     require_quiet,
-    section,
 )
 
 from vgkit.data.synth import ensure_synthetic
@@ -274,10 +273,7 @@ def main() -> None:
         f"**Where a batch-20 cached step's time goes** (torch.profiler, self CPU time): {prof}.",
         md_table(["what [batch]", "samples or refs/s", "ms each", "achieved GFLOP/s",
                   "% of best matmul", "% of matmul beside", "matmul beside"], rows)])
-    text = section("Training and evaluation (`bench_train.py`)", m, body, busy)
-    print(text)
-    if not args.no_write:
-        print(f"\nwrote {append_results(NAME, text)}", file=sys.stderr)
+    publish(NAME, "Training and evaluation (`bench_train.py`)", m, body, busy, args)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,14 @@ def section(title: str, m: dict[str, Any], body: str, busy: str = "") -> str:
         machine_line(m), *([busy] if busy else []), body.strip()])
 
 
+def publish(name: str, title: str, m: dict[str, Any], body: str, busy: str, args: Any) -> None:
+    """Print the section and, unless --no-write, replace section `name` of RESULTS.md."""
+    text = section(title, m, body, busy)
+    print(text)
+    if not args.no_write:
+        print(f"\nwrote {append_results(name, text)}", file=sys.stderr)
+
+
 def append_results(name: str, markdown: str, path: Path = RESULTS) -> Path:
     """Write `markdown` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in `path`."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
