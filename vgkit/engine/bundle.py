@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -93,14 +93,11 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         """Move every tensor to `device`."""
-        nb = device.type == "cuda"
-
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=nb)
-
-        return Batch(self.idx, self.text.to(device), self.target.to(device, non_blocking=nb),
-                     self.image_index.to(device, non_blocking=nb), move(self.features),
-                     move(self.images), self.bad_images, self.on_bad_image)
+        return Batch(self.idx, TextInputs(to_device(self.text.ids, device),
+                                          to_device(self.text.mask, device)),
+                     to_device(self.target, device), to_device(self.image_index, device),
+                     to_device(self.features, device), to_device(self.images, device),
+                     self.bad_images, self.on_bad_image)
 
 
 class DataBundle:
@@ -260,7 +257,7 @@ class DataBundle:
         uniq, image_index = torch.unique(img, return_inverse=True)
         rows = self.cache.rows([exprs.image_ids[i] for i in uniq.tolist()])
         if self._features is not None:  # the whole cache in GPU memory: no copy at all
-            feats = self._features[rows.to(self._features.device)]
+            feats = self._features[to_device(rows, self._features.device)]
         else:  # read from the memory-mapped file; page-locked for an asynchronous copy
             feats = self.cache.get(rows)
             feats = feats.pin_memory() if self._pin else feats
@@ -294,6 +291,23 @@ class _ImageBatches(Dataset):
                 images.append(torch.zeros(3, H, W))
                 bad.append(str(exc))
         return idx, torch.stack(images), image_index, bad if any(bad) else []
+
+
+@overload
+def to_device(t: Tensor, device: torch.device) -> Tensor: ...
+@overload
+def to_device(t: None, device: torch.device) -> None: ...
+def to_device(t: Tensor | None, device: torch.device) -> Tensor | None:
+    """`t` on `device`; to a GPU through page-locked memory, so the host does not wait.
+
+    A copy from ordinary (pageable) memory makes the host wait for the GPU's queue: one
+    such copy a step would undo the loop's freedom from per-step synchronisation.
+    """
+    if t is None or t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    return t.to(device)
 
 
 def cache_fits_gpu(cache_bytes: int, gpu_free_bytes: int) -> bool:
