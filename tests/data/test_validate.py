@@ -181,3 +181,26 @@ def test_load_bad_manifest(tmp_path):
     (d / "manifest.json").write_text("[]")
     with pytest.raises(VgkitError, match="not a vgkit manifest"):
         DatasetIndex.load(d)
+
+
+def test_an_index_line_is_json_dumps_of_the_record_byte_for_byte():
+    import json
+    import random
+
+    from vgkit.data.index import Record
+
+    rng = random.Random(0)
+    texts = ["man", "the \"red\" one", "back\\slash", "tab\there", "nl\nx", "ünïcödé 雪",
+             "\x00ctl\x1f", "emoji 🙂", "", "surrogate \udc80 kept"]
+    floats = [0.0, -0.0, 1.0, 0.1, 1e16, 1e-7, 123456789.125, 2.5e-320]
+    for i in range(400):
+        box = tuple(rng.choice(floats) if rng.random() < 0.3 else rng.uniform(-5, 5000)
+                    for _ in range(4))
+        if i % 50 == 0:
+            box = (float("nan"), 1.0, float("inf"), 2.0)  # json writes NaN/Infinity
+        r = Record(image_id=rng.choice(texts), image_path=rng.choice(texts),
+                   width=rng.randint(0, 5000), height=rng.randint(0, 5000), box=box,
+                   phrase=rng.choice(texts), tokens=tuple(rng.sample(texts, rng.randint(0, 4))),
+                   split=rng.choice(texts), ref_id=rng.choice(texts), sent_id=rng.randint(0, 9),
+                   extra={"type": "attribute"} if i % 7 == 0 else {})
+        assert r.to_line() == json.dumps(r.to_json(), sort_keys=True, ensure_ascii=False), r

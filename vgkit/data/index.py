@@ -59,6 +59,25 @@ class Record:
             del d["extra"]
         return d
 
+    def to_line(self) -> str:
+        """This record as its ``records.jsonl`` line (no newline): sorted keys, UTF-8 as is.
+
+        The same text as ``json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False)``
+        (tested), written out by hand for the common record: twice as fast, and writing
+        an index is mostly this. A record with ``extra`` or a non-finite or non-float box
+        number goes through json itself.
+        """
+        b = self.box
+        if (self.extra or len(b) != 4 or not all(type(v) is float and v - v == 0.0 for v in b)
+                or not type(self.width) is type(self.height) is type(self.sent_id) is int):
+            return _LINE.encode(self.to_json())
+        s = _json_str
+        return (f'{{"box": [{b[0]!r}, {b[1]!r}, {b[2]!r}, {b[3]!r}], "height": {self.height}, '
+                f'"image_id": {s(self.image_id)}, "image_path": {s(self.image_path)}, '
+                f'"phrase": {s(self.phrase)}, "ref_id": {s(self.ref_id)}, '
+                f'"sent_id": {self.sent_id}, "split": {s(self.split)}, '
+                f'"tokens": [{", ".join(map(s, self.tokens))}], "width": {self.width}}}')
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Record:
         """Build a record from :meth:`to_json` output."""
@@ -99,7 +118,7 @@ class DatasetIndex:
         """A sha256 over the records' content (order included): identifies the data."""
         h = hashlib.sha256()
         for r in self.records:
-            h.update((_LINE.encode(r.to_json()) + "\n").encode())
+            h.update((r.to_line() + "\n").encode())
         return h.hexdigest()
 
     def manifest(self, digest: str | None = None) -> dict[str, Any]:
@@ -120,7 +139,7 @@ class DatasetIndex:
         with replacing(target) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 for start in range(0, len(self.records), 10_000):
-                    chunk = "".join(_LINE.encode(r.to_json()) + "\n"
+                    chunk = "".join(r.to_line() + "\n"
                                     for r in self.records[start:start + 10_000])
                     h.update(chunk.encode())
                     f.write(chunk)
@@ -226,6 +245,7 @@ _ALLOWED = frozenset(_FIELDS)
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Record))
 # one encoder for every line: json.dumps with options builds a new one a call
 _LINE = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+_json_str = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept as is
 _NO_EXTRA: dict[str, Any] = {}
 _NUMBER = frozenset((int, float))
 _STRS = itertools.repeat(str)
