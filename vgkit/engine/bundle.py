@@ -120,7 +120,6 @@ class DataBundle:
         # the vocabulary mean nothing and are not warned about
         self.reads_vocab = True
         self._features: Tensor | None = None  # the whole cache, when it lives in (GPU) memory
-        self._pin = False  # page-locked batches (for a GPU's asynchronous copies)
         self._splits: dict[str, ExprSet] = {}
         # records the index validator rejects, by identity: excluded from every split
         self._invalid = {id(self.index.records[k]): f"invalid record ({kind})"
@@ -182,12 +181,23 @@ class DataBundle:
                              workers=workers, device=device, dist_info=dist_info,
                              progress=self.progress)
         self.cache = FeatureCache.open(path, expected=spec)
-        self._pin = device.type == "cuda"
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             if cache_fits_gpu(self.cache.features.nbytes, free):  # ReferIt: ~4 GB fp16
                 self._features = self.cache.load_all(device)
         return self.cache
+
+    def attach_model(self, model: Any, *, device: torch.device, dist_info: DistInfo,
+                     workers: int = 2, cache_dir: str | None = None) -> None:
+        """Serve what `model` reads: phrases alone (blind), cached maps (frozen backbone,
+        extracted first if needed) or images; out-of-vocabulary warnings only where the
+        model's text encoder reads this vocabulary."""
+        self.reads_vocab = hasattr(model.text_encoder, "vocab")
+        if model.blind:
+            self.text_only()
+        elif model.backbone.frozen:
+            self.attach_cache(model.backbone, device=device, dist_info=dist_info,
+                              workers=workers, cache_dir=cache_dir)
 
     def text_only(self) -> None:
         """Serve batches of phrases and targets alone: the model reads no image."""
@@ -258,9 +268,8 @@ class DataBundle:
         rows = self.cache.rows([exprs.image_ids[i] for i in uniq.tolist()])
         if self._features is not None:  # the whole cache in GPU memory: no copy at all
             feats = self._features[to_device(rows, self._features.device)]
-        else:  # read from the memory-mapped file; page-locked for an asynchronous copy
+        else:  # read from the memory-mapped file (Batch.to pins it on its way to a GPU)
             feats = self.cache.get(rows)
-            feats = feats.pin_memory() if self._pin else feats
         t = torch.tensor(idx)
         return Batch(t, tokenize([exprs.records[i].phrase for i in idx]), exprs.target[t],
                      image_index, features=feats)

@@ -65,13 +65,8 @@ def _prepared(checkpoint: Path, which: str, dataset: str | None, root: Path | No
     own = not dataset or dataset == recipe.data.dataset.name
     recipe = retarget(recipe, registry, dataset, root)
     bundle = DataBundle(recipe, registry, vocab=vocab, progress=progress)
-    bundle.reads_vocab = hasattr(model.text_encoder, "vocab")
-    if model.blind:
-        bundle.text_only()
-    elif model.backbone.frozen:
-        bundle.attach_cache(model.backbone, device=dev, dist_info=DistInfo(),
-                            workers=recipe.train.workers,
-                            cache_dir=str(cache_dir) if cache_dir else None)
+    bundle.attach_model(model, device=dev, dist_info=DistInfo(), workers=recipe.train.workers,
+                        cache_dir=str(cache_dir) if cache_dir else None)
     return model, recipe, bundle, own, dev
 
 

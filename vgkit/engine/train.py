@@ -98,12 +98,8 @@ class Trainer:
                                        embeddings=self.data.embeddings(
                                            embedding_dim(recipe, registry)))
         self.model: GroundingModel = model
-        self.data.reads_vocab = hasattr(model.text_encoder, "vocab")
-        if model.blind:
-            self.data.text_only()
-        elif model.backbone.frozen:
-            self.data.attach_cache(model.backbone, device=self.device, dist_info=self.info,
-                                   workers=t.workers, cache_dir=cache_dir)
+        self.data.attach_model(model, device=self.device, dist_info=self.info, workers=t.workers,
+                               cache_dir=cache_dir)
         self.train_set = self.data.split(recipe.data.train_split)
         if self.train_set.excluded and self.info.is_main:
             n = len(self.train_set) + len(self.train_set.excluded)
@@ -201,8 +197,8 @@ class Trainer:
         """Stop at the first of the `pending` steps that was not finite (one host sync).
 
         Fused Adam skipped that step's update, so the weights are the last good ones. The
-        message names the step and its records; `batch` is that step's batch when the
-        caller still has it, else it is read again for the diagnosis.
+        message names the step and its records; `batch` (the caller's latest) serves the
+        diagnosis when it is that step's batch, else that batch is read again.
         """
         if not pending:
             return
@@ -306,8 +302,8 @@ class Trainer:
                         seen += len(b.idx) * info.world
                         rate = seen / max(time.perf_counter() - tick, 1e-9)
                         step = self.state.global_step
-                        if step % self.sync_every == 0 or step % t.log_every == 0:
-                            self._check_finite(pending, b if self.sync_every == 1 else None)
+                        if step % self.sync_every == 0:  # every log_every steps at least
+                            self._check_finite(pending, b)
                             advance(1, loss=res.total.item(), **{"samples/s": rate})
                         else:
                             advance(1, **{"samples/s": rate})
