@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -89,32 +88,19 @@ def batch_stream(n: int, size: int, seed: int = 0) -> Iterator[list[int]]:
 
 
 def train_steps(model, loss, opt, bundle: DataBundle, exprs: ExprSet, order: list[list[int]],
-                workers: int = 0) -> tuple[float, list[float], int]:
-    """(total s, [data, forward+loss, backward, optimizer] s, distinct images) of Trainer's step."""
+                workers: int = 0) -> tuple[float, int]:
+    """(seconds, distinct images) of Trainer's step over `order`: data, forward, loss, backward, Adam."""
     model.train()
-    phases, images = [0.0] * 4, 0
-    it = bundle.batches(exprs, order, model.tokenize, workers=workers)
-    for _ in order:
-        t = [time.perf_counter()]
-        b = next(it)
-        t.append(time.perf_counter())
+    images = 0
+    t = time.perf_counter()
+    for b in bundle.batches(exprs, order, model.tokenize, workers=workers):
         out = model(b.text, features=b.features, images=b.images, image_index=b.image_index)
         res = compute_loss(loss, out, b.target, model.head.box_format, model.spec.input_size)
-        t.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
         res.total.backward()
-        t.append(time.perf_counter())
         opt.step()
-        t.append(time.perf_counter())
-        phases = [p + t[k + 1] - t[k] for k, p in enumerate(phases)]
         images += int(b.image_index.max()) + 1
-    return sum(phases), phases, images
-
-
-def split_note(groups: list) -> str:
-    """The median share of data, forward, backward and Adam in a step."""
-    share = [statistics.median(g[1][k] / g[0] for g in groups) for k in range(4)]
-    return "; ".join(f"{w} {v:.0%}" for w, v in zip(("data", "fwd", "bwd", "Adam"), share, strict=True))
+    return time.perf_counter() - t, images
 
 
 def top_ops(fn, k: int = 6) -> str:
@@ -208,7 +194,7 @@ def main() -> None:
         stream, steps = batch_stream(len(exprs), b), cfg["steps"][b]
 
         def rate() -> float:
-            total, _, images = train_steps(model, loss, opt, data, exprs,
+            total, images = train_steps(model, loss, opt, data, exprs,
                                            [next(stream) for _ in range(steps)], workers=workers)
             if key:
                 distinct[key] = images / steps
