@@ -10,7 +10,7 @@ from torch import nn
 
 from vgkit.errors import VgkitError
 from vgkit.interfaces import Attention, FeatureSpec, GroundingState
-from vgkit.layers import Dropout
+from vgkit.layers import Dropout, Linear
 
 
 class ImageAttentionOptions(BaseModel):
@@ -39,7 +39,7 @@ def deeper_layers(hidden: int, layers: int, dropout: float) -> nn.Sequential:
     """Hidden layers after the first: (dropout, linear, tanh) x (layers - 1)."""
     mods: list[nn.Module] = []
     for _ in range(layers - 1):
-        mods += [Dropout(dropout), nn.Linear(hidden, hidden), nn.Tanh()]
+        mods += [Dropout(dropout), Linear(hidden, hidden), nn.Tanh()]
     return nn.Sequential(*mods)
 
 
@@ -52,11 +52,11 @@ class ImageAttention(Attention):
 
     def __init__(self, opts: ImageAttentionOptions, spec: FeatureSpec) -> None:
         super().__init__()
-        self.W_vr = nn.Linear(spec.channels, opts.hidden, bias=False)
-        self.W_vt = nn.Linear(spec.word_dim, opts.hidden)  # its bias is b_v
+        self.W_vr = Linear(spec.channels, opts.hidden, bias=False)
+        self.W_vt = Linear(spec.word_dim, opts.hidden)  # its bias is b_v
         self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
         self.drop = Dropout(opts.dropout)
-        self.W_vh = nn.Linear(opts.hidden, 1)  # its bias is b_vh
+        self.W_vh = Linear(opts.hidden, 1)  # its bias is b_vh
         self.activation = opts.activation
         if opts.activation != "relu":
             # softmax is shift-invariant: b_vh gets no gradient but rounding noise, which
@@ -90,11 +90,11 @@ class TextAttention(Attention):
         if "alpha_I" not in spec.provided:
             raise VgkitError("attention text-attention reads the image attention map: put "
                              "image-attention before it in model.attention")
-        self.W_tw = nn.Linear(spec.word_dim, opts.hidden, bias=False)
-        self.W_talpha = nn.Linear(spec.regions, opts.hidden)  # its bias is b_t
+        self.W_tw = Linear(spec.word_dim, opts.hidden, bias=False)
+        self.W_talpha = Linear(spec.regions, opts.hidden)  # its bias is b_t
         self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
         self.drop = Dropout(opts.dropout)
-        self.W_th = nn.Linear(opts.hidden, 1)  # its bias is b_th
+        self.W_th = Linear(opts.hidden, 1)  # its bias is b_th
         self.out_spec = spec.with_(text_dim=spec.word_dim, provided=spec.provided | {"alpha_T"})
 
     def forward(self, state: GroundingState) -> GroundingState:

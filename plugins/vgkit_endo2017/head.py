@@ -7,10 +7,10 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from vgkit.interfaces import FeatureSpec, GroundingState, Head
-from vgkit.layers import Dropout
+from vgkit.layers import Dropout, Linear
 
 from .attention import deeper_layers
 
@@ -43,11 +43,11 @@ class BoxRegression(Head):
         super().__init__()
         with warnings.catch_warnings():  # visual_dim 0 (a blind model): b_ph alone, no weights
             warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-            self.W_pv = nn.Linear(spec.visual_dim, opts.hidden)  # its bias is b_ph
-        self.W_pt = nn.Linear(spec.text_dim, opts.hidden, bias=False) if spec.text_dim else None
+            self.W_pv = Linear(spec.visual_dim, opts.hidden)  # its bias is b_ph
+        self.W_pt = Linear(spec.text_dim, opts.hidden, bias=False) if spec.text_dim else None
         self.deeper = deeper_layers(opts.hidden, opts.layers, opts.dropout)
         self.drop = Dropout(opts.dropout)
-        self.W_p = nn.Linear(opts.hidden, 4)  # its bias is b_p
+        self.W_p = Linear(opts.hidden, 4)  # its bias is b_p
         self.output = opts.output
         H, W = spec.input_size
         scale = [W, H, W, H] if opts.output_scale == "input" else [1.0, 1.0, 1.0, 1.0]

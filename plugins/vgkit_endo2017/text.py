@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from vgkit.errors import VgkitError
 from vgkit.interfaces import TextEncoder, TextInputs
+from vgkit.layers import Linear
 from vgkit.text import SPECIALS, Vocabulary, tokenize
 
 
@@ -46,8 +47,8 @@ class BLSTMEncoder(TextEncoder):
         self.lstm = nn.LSTM(opts.embedding_dim, opts.hidden, num_layers=opts.layers,
                             bidirectional=True, batch_first=True,
                             dropout=opts.dropout if opts.layers > 1 else 0.0)
-        self.W_fwd = nn.Linear(opts.hidden, opts.hidden, bias=False)
-        self.W_bwd = nn.Linear(opts.hidden, opts.hidden)  # its bias is b_bi
+        self.W_fwd = Linear(opts.hidden, opts.hidden, bias=False)
+        self.W_bwd = Linear(opts.hidden, opts.hidden)  # its bias is b_bi
 
     def tokenize(self, phrases: list[str]) -> TextInputs:
         """Hu et al.'s tokenizer, vocabulary ids, padded with <pad>; an empty phrase is <unk>."""

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from vgkit.errors import VgkitError
 from vgkit.interfaces import Attention, FeatureSpec, GroundingState
+from vgkit.layers import Linear
 
 
 class TransformerFusionOptions(BaseModel):
@@ -71,8 +72,8 @@ class TransformerFusion(Attention):
     def __init__(self, opts: TransformerFusionOptions, spec: FeatureSpec) -> None:
         super().__init__()
         d = opts.d_model
-        self.W_v = nn.Linear(spec.channels, d)  # visual tokens -> d
-        self.W_l = nn.Linear(spec.word_dim, d)  # word tokens -> d
+        self.W_v = Linear(spec.channels, d)  # visual tokens -> d
+        self.W_l = Linear(spec.word_dim, d)  # word tokens -> d
         self.reg = nn.Parameter(torch.zeros(1, 1, d))  # the [REG] token
         self.modality = nn.Parameter(torch.zeros(2, d))  # m_v, m_l
         nn.init.normal_(self.reg, std=0.02)

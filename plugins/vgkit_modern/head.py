@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from vgkit.interfaces import FeatureSpec, GroundingState, Head
-from vgkit.layers import Dropout
+from vgkit.layers import Dropout, Linear
 
 
 class BoxMLPOptions(BaseModel):
@@ -35,9 +35,9 @@ class BoxMLP(Head):
         widths = [spec.visual_dim + spec.text_dim] + [opts.hidden] * (opts.layers - 1)
         mods: list[nn.Module] = []
         for cin, cout in pairwise(widths):
-            mods += [nn.Linear(cin, cout), nn.ReLU(), Dropout(opts.dropout)]
+            mods += [Linear(cin, cout), nn.ReLU(), Dropout(opts.dropout)]
         self.mlp = nn.Sequential(*mods)
-        self.out = nn.Linear(widths[-1], 4)
+        self.out = Linear(widths[-1], 4)
         self.uses_text = spec.text_dim > 0
 
     def forward(self, state: GroundingState) -> Tensor:
