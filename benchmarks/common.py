@@ -71,17 +71,19 @@ def require_quiet(args: Any) -> str:
 
 
 def best_interleaved(figures: dict[str, Callable[[], float]], repeats: int,
-                     ) -> tuple[dict[str, float], dict[str, float], float]:
+                     ) -> tuple[dict[str, float], dict[str, float], float, float]:
     """Each figure's best rate over `repeats` rounds, every figure once a round after a matmul.
 
     Returns (best rate of each figure, the matmul GFLOP/s measured just before that best,
-    the best matmul GFLOP/s of the whole run). Interleaving spreads a burst of load
-    over all figures instead of spoiling one; the best of several is the least disturbed.
+    the best matmul GFLOP/s of the whole run, the best oneDNN 1x1-convolution GFLOP/s of
+    the whole run, measured once a round). Interleaving spreads a burst of load over all
+    figures instead of spoiling one; the best of several is the least disturbed.
     """
     best: dict[str, float] = {}
     beside: dict[str, float] = {}
-    top = 0.0
+    top = top_onednn = 0.0
     for r in range(repeats):
+        top_onednn = max(top_onednn, onednn_gflops(repeats=3))
         for name, fn in figures.items():
             mm = matmul_gflops(repeats=3)
             top = max(top, mm)
@@ -90,7 +92,7 @@ def best_interleaved(figures: dict[str, Callable[[], float]], repeats: int,
                   file=sys.stderr)
             if rate > best.get(name, 0.0):
                 best[name], beside[name] = rate, mm
-    return best, beside, top
+    return best, beside, top, top_onednn
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -98,6 +100,21 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     secs, _ = timeit(lambda: a @ b, warmup=0, repeats=repeats)
+    return 2 * n**3 / secs / 1e9
+
+
+def onednn_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Median fp32 GFLOP/s of the same n x n product as a 1x1 convolution (oneDNN's code).
+
+    torch sends a matmul to the BLAS and a convolution to oneDNN; on some CPUs (AMD's,
+    where MKL runs its AVX2 code) oneDNN is much the faster, and vgkit.layers.Linear uses
+    it. Reported beside the matmul so a figure above 100% of matmul can be read.
+    """
+    x = torch.randn(1, n, n, 1).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(n, n, 1, 1)
+    with torch.no_grad():
+        torch.nn.functional.conv2d(x, w)
+        secs, _ = timeit(lambda: torch.nn.functional.conv2d(x, w), warmup=0, repeats=repeats)
     return 2 * n**3 / secs / 1e9
 
 
@@ -140,22 +157,26 @@ def cpu_model() -> str:
     return m.group(1).strip() if m else platform.processor() or "unknown CPU"
 
 
-def machine(gflops: float) -> dict[str, Any]:
-    """CPU, cores, torch version, threads, load average and the matmul GFLOP/s given."""
+def machine(gflops: float, onednn: float | None = None) -> dict[str, Any]:
+    """CPU, cores, torch version, threads, load average, the matmul GFLOP/s given and
+    (where given) the oneDNN 1x1-convolution GFLOP/s."""
     try:
         load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         load = "n/a"
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "load": load, "matmul_gflops": gflops}
+            "load": load, "matmul_gflops": gflops, "onednn_gflops": onednn}
 
 
 def machine_line(m: dict[str, Any]) -> str:
     """One Markdown line describing the machine and its measured matmul speed."""
+    onednn = m.get("onednn_gflops")
     return (f"**Machine:** {m['cpu']}, {m['cores']} logical cores, torch {m['torch']} "
             f"({m['threads']} threads), Python {m['python']}; load average {m['load']} at start; "
-            f"**fp32 matmul {m['matmul_gflops']:.1f} GFLOP/s** (2048², median of 5, this run)")
+            f"**fp32 matmul {m['matmul_gflops']:.1f} GFLOP/s** (2048², median of 5, this run)"
+            + (f"; the same product as a oneDNN 1x1 convolution {onednn:.1f} GFLOP/s"
+               if onednn else ""))
 
 
 def command_line() -> str:

@@ -1,9 +1,9 @@
 """What the frozen backbone's maps know about each synthetic object: linear probes.
 
-The synthetic recipes ground phrases through a RANDOM-init VGG16 (no weights can be
-downloaded). This script asks how much of each attribute a phrase can name (shape,
-colour, size) a linear classifier can read off the cached conv5_3 maps, at the cell
-under the object's centre and averaged over the cells its box covers, trained on the
+The paper-shaped synthetic recipes ground phrases through a RANDOM-init VGG16 (no
+weights can be downloaded), the `-lite0` ones through ImageNet EfficientNet-Lite0. This
+script asks how much of each attribute a phrase can name (shape, colour, size) a linear
+classifier can read off the cached maps (VGG16's conv5_3, or Lite0's), at the cell under the object's centre and averaged over the cells its box covers, trained on the
 train split's objects and scored on the test split's. Where a probe is far below
 100%, phrases that name that attribute must be grounded on features that hardly tell
 its values apart; where it is near 100%, the limit lies in the heads, not the maps.
@@ -113,7 +113,8 @@ def main() -> None:
     train = np.array([split[o["image_id"]] == "train" for o in keep])
     cache = open_cache(args.root, args.cache)
     centre, box_mean = map_features(cache, keep)
-    inputs = {"conv5_3, centre cell": centre, "conv5_3, mean over the box": box_mean}
+    maps = "conv5_3" if cache.manifest["spec"]["backbone"]["model"] == "vgg16" else "maps"
+    inputs = {f"{maps}, centre cell": centre, f"{maps}, mean over the box": box_mean}
     rows = []
     for attr in ATTRIBUTES:
         labels = [o[attr] for o in keep]
