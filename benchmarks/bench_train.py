@@ -90,16 +90,26 @@ def batch_stream(n: int, size: int, seed: int = 0) -> Iterator[list[int]]:
 
 def train_steps(model, loss, opt, bundle: DataBundle, exprs: ExprSet, order: list[list[int]],
                 workers: int = 0) -> tuple[float, int]:
-    """(seconds, distinct images) of Trainer's step over `order`: data, forward, loss, backward, Adam."""
+    """(seconds, distinct images) of Trainer's step over `order`: data, forward, loss, backward,
+    the finite check, Adam."""
     model.train()
     images = 0
+    params = [p for g in opt.param_groups for p in g["params"]]
+    one = torch.ones(())
     t = time.perf_counter()
     for b in bundle.batches(exprs, order, model.tokenize, workers=workers):
         out = model(b.text, features=b.features, images=b.images, image_index=b.image_index)
         res = compute_loss(loss, out, b.target, model.head.box_format, model.spec.input_size)
         opt.zero_grad(set_to_none=True)
         res.total.backward()
+        # Trainer's finite check (its _found_inf; read every step on the CPU)
+        found = (~torch.isfinite(res.total.detach())).float()
+        torch._amp_foreach_non_finite_check_and_unscale_(
+            [p.grad for p in params if p.grad is not None], found, one)
+        opt.found_inf = found
         opt.step()
+        if found.item():
+            raise SystemExit("a training step of the benchmark was not finite")
         images += int(b.image_index.max()) + 1
     return time.perf_counter() - t, images
 
@@ -242,7 +252,8 @@ def main() -> None:
         "dropout on (vgkit.layers.Dropout), glibc keeping freed memory and "
         "`torch.use_deterministic_algorithms(True, warn_only=True)` as Trainer sets on CPU. "
         f"The cache was ready in {extract_s:.1f} s (0 = reused). Training steps mirror "
-        "`Trainer.fit` (DataBundle.batches, forward, compute_loss, backward, Adam); evaluation "
+        "`Trainer.fit` (DataBundle.batches, forward, compute_loss, backward, the finite check, "
+        "fused Adam); evaluation "
         "uses `predict` (shared: each eval batch reads each image's maps once) or the same "
         "loop with every expression given its own copy of the maps.",
         f"**FLOPs:** heads (everything but VGG16) {tr_f:.2f} GFLOP per training sample "
