@@ -71,7 +71,7 @@ class Prepared:
 
 def missing_images(index: DatasetIndex, root: Path) -> Missing:
     """Which of the index's images are not files under `root` (the first few named)."""
-    paths = sorted({r.image_path for r in index})
+    paths = sorted(set(index.column("image_path")))
     missing = [p for p in paths if not image_file(root, p).is_file()]
     return Missing(len(missing), len(paths), missing[:SHOW])
 
