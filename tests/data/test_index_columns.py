@@ -125,6 +125,10 @@ def test_records_the_columns_cannot_hold_are_kept_whole(tmp_path):
         index.column("width")
     assert index.column("box")[1].tolist() == [0.0, 0.0, 5.0, 5.0]  # the same numbers
     assert all(map(_same, index.split("train").records[1:6], odd))
+    strange = dataclasses.replace(base, image_id=["a"], ref_id=None)  # not strings: kept as is
+    index = DatasetIndex([base, strange, base], name="t")
+    assert index.records[1] is strange and index.column("image_id") == ["a", ["a"], "a"]
+    assert index.column("ref_id") == ["", None, ""]
     # a huge int read from a file is kept whole too, and round-trips
     DatasetIndex([recs[2]], name="t").save(tmp_path / "big")
     assert '"width": 1180591620717411303424' in (tmp_path / "big" / "records.jsonl").read_text()

@@ -96,72 +96,59 @@ class Record:
 class _Builder:
     """Columns being filled a record at a time (compact ``array`` buffers, no objects per record).
 
-    A record whose values the columns cannot hold exactly (a size that is not an int or
-    beyond int64, a box that is not a tuple of 4 floats, a string field that is not a str,
-    ...) is kept whole in ``kept``: its column entries are placeholders, never read.
+    A categorical value's code is its position in ``code_of`` (a dict keeps insertion
+    order), so one ``setdefault`` codes it. A record whose values the columns cannot hold
+    exactly (a size that is not an int or beyond int64, a box that is not a tuple of 4
+    floats, a string field that is not a str, ...) is kept whole in ``kept``.
     """
 
     def __init__(self) -> None:
         self.n = 0
-        self.tables: dict[str, tuple[array[int], list[Any], dict[Any, int]]] = {
-            k: (array("i"), [], {}) for k in CATEGORICAL}
-        self.ints: dict[str, array[int]] = {k: array("q") for k in INTEGER}
+        self.codes = tuple(array("i") for _ in CATEGORICAL)
+        self.code_of: tuple[dict[Any, int], ...] = tuple({} for _ in CATEGORICAL)
+        self.other: dict[tuple[int, int], Any] = {}  # (field, code) -> a kept record's non-str
+        self.width, self.height, self.sent_id = array("q"), array("q"), array("q")
         self.box: array[float] = array("d")
-        self.phrases, self.phrase_end = bytearray(), array("q")
-        self.token_ids, self.token_end = array("i"), array("q")
-        self.token_table: list[str] = []
+        self.phrases, self.phrase_end = bytearray(), array("q", [0])
+        self.token_ids, self.token_end = array("i"), array("q", [0])
         self.token_code: dict[str, int] = {}
         self.extra: dict[int, dict[str, Any]] = {}
         self.kept: dict[int, Record] = {}
-        self.token_end.append(0)
-        self.phrase_end.append(0)
 
     def add(self, image_id: str, image_path: str, width: int, height: int,
             box: tuple[float, ...], phrase: str, tokens: Iterable[str], split: str, ref_id: str,
             sent_id: int, extra: dict[str, Any]) -> None:
         """One regular record: str strings, ints within int64, 4 floats, str tokens."""
-        for k, v in ((0, image_id), (1, image_path), (2, split), (3, ref_id)):
-            codes, values, code_of = self.tables[CATEGORICAL[k]]
-            c = code_of.get(v)
-            if c is None:
-                c = code_of[v] = len(values)
-                values.append(v)
-            codes.append(c)
-        self.ints["width"].append(width)
-        self.ints["height"].append(height)
-        self.ints["sent_id"].append(sent_id)
+        (a0, a1, a2, a3), (d0, d1, d2, d3) = self.codes, self.code_of
+        a0.append(d0.setdefault(image_id, len(d0)))
+        a1.append(d1.setdefault(image_path, len(d1)))
+        a2.append(d2.setdefault(split, len(d2)))
+        a3.append(d3.setdefault(ref_id, len(d3)))
+        self.width.append(width)
+        self.height.append(height)
+        self.sent_id.append(sent_id)
         self.box.extend(box)
         self.phrases += phrase.encode("utf-8", "surrogatepass")
         self.phrase_end.append(len(self.phrases))
-        code, table, ids = self.token_code, self.token_table, self.token_ids
-        for t in tokens:
-            c = code.get(t)
-            if c is None:
-                c = code[t] = len(table)
-                table.append(t)
-            ids.append(c)
-        self.token_end.append(len(ids))
+        code = self.token_code
+        self.token_ids.extend([code.setdefault(t, len(code)) for t in tokens])
+        self.token_end.append(len(self.token_ids))
         if extra:
             self.extra[self.n] = extra
         self.n += 1
 
     def keep(self, r: Record) -> None:
         """A record the columns cannot hold exactly: kept whole; its string codes still exact."""
-        for k in CATEGORICAL:
-            codes, values, code_of = self.tables[k]
-            v = getattr(r, k)
-            try:
-                c = code_of.get(v)
-                if c is None:
-                    c = code_of[v] = len(values)
-                    values.append(v)
-            except TypeError:  # unhashable: an entry of its own
-                c = len(values)
-                values.append(v)
-            codes.append(c)
-        for k in INTEGER:  # its value where the column holds it exactly (see column())
-            v = getattr(r, k)
-            self.ints[k].append(v if type(v) is int and _INT64_MIN <= v <= _INT64_MAX else 0)
+        for k, name in enumerate(CATEGORICAL):
+            codes, code_of, v = self.codes[k], self.code_of[k], getattr(r, name)
+            if type(v) is str:
+                codes.append(code_of.setdefault(v, len(code_of)))
+            else:  # an entry of its own (it may be unhashable, or equal a str: 1 == True)
+                codes.append(code_of.setdefault(object(), len(code_of)))
+                self.other[k, codes[-1]] = v
+        # its sizes and box where the columns hold them exactly (see DatasetIndex.column)
+        for col, v in ((self.width, r.width), (self.height, r.height), (self.sent_id, r.sent_id)):
+            col.append(v if type(v) is int and _INT64_MIN <= v <= _INT64_MAX else 0)
         try:
             box = [float(v) for v in r.box if type(v) in _NUMBER]
         except (TypeError, OverflowError):
@@ -190,17 +177,22 @@ class _Builder:
 
     def finish(self) -> _Columns:
         """The frozen columns (numpy arrays, read-only)."""
-        ints = {k: _narrow(np.frombuffer(v, dtype=np.int64)) for k, v in self.ints.items()}
+        values = [list(d) for d in self.code_of]
+        for (k, c), v in self.other.items():
+            values[k][c] = v
         return _Columns(
             n=self.n,
-            codes={k: _frozen(np.frombuffer(c, dtype=np.int32)) for k, (c, _, _) in self.tables.items()},
-            values={k: v for k, (_, v, _) in self.tables.items()},
-            ints=ints, box=_frozen(np.frombuffer(self.box, dtype=np.float64).reshape(-1, 4)),
+            codes={k: _frozen(np.frombuffer(c, dtype=np.int32))
+                   for k, c in zip(CATEGORICAL, self.codes, strict=True)},
+            values=dict(zip(CATEGORICAL, values, strict=True)),
+            ints={k: _narrow(np.frombuffer(v, dtype=np.int64))
+                  for k, v in zip(INTEGER, (self.width, self.height, self.sent_id), strict=True)},
+            box=_frozen(np.frombuffer(self.box, dtype=np.float64).reshape(-1, 4)),
             phrases=bytes(self.phrases),
             phrase_end=_frozen(np.frombuffer(self.phrase_end, dtype=np.int64)),
             token_ids=_frozen(np.frombuffer(self.token_ids, dtype=np.int32)),
             token_end=_frozen(np.frombuffer(self.token_end, dtype=np.int64)),
-            token_table=self.token_table, extra=self.extra, kept=self.kept)
+            token_table=list(self.token_code), extra=self.extra, kept=self.kept)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -243,24 +235,16 @@ class _Columns:
         """Rows start..stop-1 as Records, built from the columns."""
         ids, paths, splits, refs = (map(self.values[k].__getitem__, self.codes[k][start:stop].tolist())
                                     for k in CATEGORICAL)
-        ints = self.ints
-        widths, heights, sent_ids = (ints[k][start:stop].tolist() for k in INTEGER)
-        boxes = self.box[start:stop].tolist()
-        pe = self.phrase_end[start:stop + 1].tolist()
-        te = self.token_end[start:stop + 1].tolist()
-        tids = self.token_ids[te[0]:te[-1]].tolist()
-        buf, tt, t0, extra, kept = self.phrases, self.token_table, te[0], self.extra, self.kept
-        out = []
-        for k, (i, p, s, r, w, h, sid, b) in enumerate(
-                zip(ids, paths, splits, refs, widths, heights, sent_ids, boxes, strict=True)):
-            row = start + k
-            if kept and row in kept:
-                out.append(kept[row])
-                continue
-            out.append(Record(i, p, w, h, (b[0], b[1], b[2], b[3]),
-                              buf[pe[k]:pe[k + 1]].decode("utf-8", "surrogatepass"),
-                              tuple([tt[c] for c in tids[te[k] - t0:te[k + 1] - t0]]), s, r, sid,
-                              extra.get(row, {}) if extra else {}))
+        widths, heights, sent_ids = (self.ints[k][start:stop].tolist() for k in INTEGER)
+        phrases, tokens = self._phrases(start, stop), self._tokens(start, stop, self.token_table)
+        extras = ([self.extra.get(k) or {} for k in range(start, stop)] if self.extra
+                  else ({} for _ in range(start, stop)))
+        out = [Record(i, p, w, h, tuple(b), ph, tuple(tk), sp, r, sid, e)
+               for i, p, w, h, b, ph, tk, sp, r, sid, e in zip(
+                   ids, paths, widths, heights, self.box[start:stop].tolist(), phrases, tokens,
+                   splits, refs, sent_ids, extras, strict=True)]
+        for k in self._rows(self.kept, start, stop):
+            out[k - start] = self.kept[k]
         return out
 
     def lines(self, start: int, stop: int, enc: dict[str, list[str]]) -> str:
@@ -270,33 +254,51 @@ class _Columns:
         ``extra``, a non-finite box number, or kept whole goes through ``Record.to_line``.
         `enc` is :meth:`encoded`.
         """
+        if start >= stop:
+            return ""
         ids, paths, splits, refs = (map(enc[k].__getitem__, self.codes[k][start:stop].tolist())
                                     for k in CATEGORICAL)
         widths, heights, sent_ids = (self.ints[k][start:stop].tolist() for k in INTEGER)
         box = self.box[start:stop]
-        boxes = box.tolist()
+        phrases = map(_json_str, self._phrases(start, stop))
+        tokens = map(", ".join, self._tokens(start, stop, enc["tokens"]))
+        out = [f'{{"box": [{b[0]!r}, {b[1]!r}, {b[2]!r}, {b[3]!r}], "height": {h}, '
+               f'"image_id": {i}, "image_path": {p}, "phrase": {ph}, "ref_id": {r}, '
+               f'"sent_id": {sid}, "split": {sp}, "tokens": [{tk}], "width": {w}}}'
+               for b, h, i, p, ph, r, sid, sp, tk, w in zip(
+                   box.tolist(), heights, ids, paths, phrases, refs, sent_ids, splits, tokens,
+                   widths, strict=True)]
         slow = set((np.flatnonzero(~np.isfinite(box).all(axis=1)) + start).tolist())
-        extra, kept = self.extra, self.kept
-        if extra or kept:
-            slow.update(k for k in range(start, stop) if k in extra or k in kept)
-        pe = self.phrase_end[start:stop + 1].tolist()
+        slow.update(self._rows(self.extra, start, stop), self._rows(self.kept, start, stop))
+        if len(slow) > 64:  # building the chunk's Records at once is cheaper
+            recs = self.records(start, stop)
+            for k in slow:
+                out[k - start] = recs[k - start].to_line()
+        else:
+            for k in slow:
+                out[k - start] = self.records(k, k + 1)[0].to_line()
+        out.append("")
+        return "\n".join(out)
+
+    def _phrases(self, start: int, stop: int) -> list[str]:
+        pe, buf = self.phrase_end[start:stop + 1].tolist(), self.phrases
+        return [buf[a:b].decode("utf-8", "surrogatepass") for a, b in itertools.pairwise(pe)]
+
+    def _tokens(self, start: int, stop: int, table: list[str]) -> list[list[str]]:
+        """Each row's tokens (as `table` holds them: the strings, or their JSON literals)."""
         te = self.token_end[start:stop + 1].tolist()
-        tids = self.token_ids[te[0]:te[-1]].tolist()
-        buf, tt, t0, s = self.phrases, enc["tokens"], te[0], _json_str
-        out = []
-        for k, (i, p, sp, r, w, h, sid, b) in enumerate(
-                zip(ids, paths, splits, refs, widths, heights, sent_ids, boxes, strict=True)):
-            if slow and start + k in slow:
-                out.append(self.records(start + k, start + k + 1)[0].to_line())
-            else:
-                phrase = s(buf[pe[k]:pe[k + 1]].decode("utf-8", "surrogatepass"))
-                tokens = ", ".join([tt[c] for c in tids[te[k] - t0:te[k + 1] - t0]])
-                out.append(f'{{"box": [{b[0]!r}, {b[1]!r}, {b[2]!r}, {b[3]!r}], "height": {h}, '
-                           f'"image_id": {i}, "image_path": {p}, "phrase": {phrase}, '
-                           f'"ref_id": {r}, "sent_id": {sid}, "split": {sp}, '
-                           f'"tokens": [{tokens}], "width": {w}}}')
-            out.append("\n")
-        return "".join(out)
+        flat = [table[c] for c in self.token_ids[te[0]:te[-1]].tolist()]
+        t0 = te[0]
+        return [flat[a - t0:b - t0] for a, b in itertools.pairwise(te)]
+
+    @staticmethod
+    def _rows(sparse: dict[int, Any], start: int, stop: int) -> list[int]:
+        """The rows of `sparse` within start..stop-1."""
+        if not sparse:
+            return []
+        if len(sparse) < stop - start:
+            return [k for k in sparse if start <= k < stop]
+        return [k for k in range(start, stop) if k in sparse]
 
     def encoded(self) -> dict[str, list[str]]:
         """Every distinct string of the categorical fields and tokens as a JSON literal."""
