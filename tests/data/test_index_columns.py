@@ -199,3 +199,37 @@ def test_load_without_tokens_tokenizes_and_paths_are_normalised(tmp_path):
     r = index.records[1]
     assert len(index) == 2 and r.image_path == "images/1.jpg" and r.tokens == ("the", "red", "car")
     assert r.box == (1.0, 2.0, 3.0, 4.0) and type(r.box[0]) is float and r.extra == {}
+
+
+def test_values_are_the_records_fields():
+    recs = _varied(300)
+    base = Record("a", "a.jpg", 10, 10, (0.0, 0.0, 5.0, 5.0), "p", ("p",), "train")
+    recs[7] = dataclasses.replace(base, box=(0, 0, 5, 5), width=2**70)  # kept whole
+    index = DatasetIndex(recs, name="t")
+    names = ("box", "split", "tokens", "width", "phrase", "extra", "image_path")
+    want = [tuple(getattr(r, n) for n in names) for r in recs]
+    got = list(index.values(*names))
+    assert len(got) == len(want) and all(
+        [repr(v) for v in g] == [repr(v) for v in w] for g, w in zip(got, want, strict=True))
+    assert got[7][0] == (0, 0, 5, 5) and type(got[7][0][0]) is int
+    assert list(index.values()) == [()] * 300
+    with pytest.raises(VgkitError, match="no field 'colour'"):
+        list(index.values("colour"))
+
+
+def test_check_index_on_columns_finds_what_it_found_on_records():
+    from vgkit.data.validate import check_index
+
+    base = Record("a", "a.jpg", 10, 10, (0.0, 0.0, 5.0, 5.0), "p", ("p",), "train")
+    recs = [base, dataclasses.replace(base, box=(0, 0, 5, 5)),  # ints equal to floats: a repeat
+            dataclasses.replace(base, box=(-0.0, 0.0, 5.0, 5.0)),  # -0.0 == 0.0: a repeat
+            dataclasses.replace(base, box=(0.0, 0.0, 50.0, 5.0)),
+            dataclasses.replace(base, phrase=" ", tokens=()),
+            dataclasses.replace(base, width=-1), dataclasses.replace(base, sent_id=1)]
+    check = check_index(DatasetIndex(recs, name="t"))
+    assert check.invalid == {1: "duplicate", 2: "duplicate", 3: "box_outside_image",
+                             4: "empty_phrase", 5: "bad_image_size"}
+    assert check.examples["duplicate"][0] == (
+        "record 1 (train, image a, #0): repeats an earlier record: box [0, 0, 5, 5], phrase 'p'")
+    with pytest.raises(VgkitError, match=r"^t: invalid record \(duplicate\): record 1 "):
+        check_index(DatasetIndex(recs, name="t"), strict=True)

@@ -64,8 +64,8 @@ class Prepared:
     def images_per_split(self) -> dict[str, int]:
         """Distinct images of each split."""
         images: dict[str, set[str]] = {}
-        for r in self.index:
-            images.setdefault(r.split, set()).add(r.image_id)
+        for split, image_id in self.index.values("split", "image_id"):
+            images.setdefault(split, set()).add(image_id)
         return {split: len(ids) for split, ids in images.items()}
 
 
