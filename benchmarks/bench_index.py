@@ -3,7 +3,8 @@ and an index of a million synthetic records built, saved, loaded and queried.
 
 The index holds its records as columns (numpy arrays, categorical codes, packed phrases
 and token ids) and builds a Record when one is read: bytes per record are what the
-columns hold, measured on the index itself (built, and loaded from records.jsonl)."""
+columns hold, measured on the index itself: loaded from records.jsonl (everything it
+holds), and built from Records (less the strings it shares with them)."""
 
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ def main() -> None:
     index, per = bytes_per_record(build)
     assert isinstance(index, DatasetIndex)
     rows.append(["build the index from them (columns)", f"{build_s:.2f} s",
-                 f"{per:.0f} B a record in the index"])
+                 f"{per:.0f} B a record in the index (its distinct strings, shared with "
+                 "the input, not counted: see load)"])
     out = args.root / "index-1m"
     save_s = min(timed(functools.partial(index.save, out))[1] for _ in range(args.rounds))
     size = sum(f.stat().st_size for f in out.iterdir())

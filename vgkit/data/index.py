@@ -105,10 +105,10 @@ class Record:
 
 
 class _Builder:
-    """Columns being filled a record at a time (compact ``array`` buffers, no objects per record).
+    """Columns being filled (compact ``array`` buffers, no object per record).
 
     A categorical value's code is its position in ``code_of`` (a dict keeps insertion
-    order), so one ``setdefault`` codes it. A record whose values the columns cannot hold
+    order; a new value gets the next code). A record whose values the columns cannot hold
     exactly (a size that is not an int or beyond int64, a box that is not a tuple of 4
     floats, a string field that is not a str, ...) is kept whole in ``kept``.
     """
