@@ -152,13 +152,16 @@ def check_index(index: DatasetIndex, *, strict: bool = False) -> IndexCheck:
     # players for one region (another sent_id): real annotations, so sent_id is in the key.
     # trainval repeats train and val under its own split name, so split is too.
     seen: set[tuple[Any, ...]] = set()
+    safe: set[str] = set()  # image paths found safe (the same path repeats: checked once)
     # the fields straight from the index's columns: a Record is built only to be named
     for i, (image_path, width, height, box, tokens, phrase, split, image_id, ref_id,
             sent_id) in enumerate(index.values("image_path", "width", "height", "box", "tokens",
                                                "phrase", "split", "image_id", "ref_id",
                                                "sent_id")):
-        if type(image_path) is not str or _normalise(image_path)[1]:  # message only if bad
+        if type(image_path) is not str or (image_path not in safe
+                                           and _normalise(image_path)[1]):  # message only if bad
             safe_relpath(image_path, f"{index.name}: {_name(i, index.records[i])}")
+        safe.add(image_path)
         try:
             kind = "bad_image_size" if width < 0 or height < 0 else box_problem(
                 box, width, height)
