@@ -300,10 +300,10 @@ class _Columns:
         phrases, tokens = self._phrases(start, stop), self._tokens(start, stop, self.token_table)
         extras = ([self.extra.get(k) or {} for k in range(start, stop)] if self.extra
                   else ({} for _ in range(start, stop)))
-        out = [Record(i, p, w, h, tuple(b), ph, tuple(tk), sp, r, sid, e)
+        out = [Record(i, p, w, h, b, ph, tuple(tk), sp, r, sid, e)
                for i, p, w, h, b, ph, tk, sp, r, sid, e in zip(
-                   ids, paths, widths, heights, self.box[start:stop].tolist(), phrases, tokens,
-                   splits, refs, sent_ids, extras, strict=True)]
+                   ids, paths, widths, heights, _box_tuples(self.box[start:stop]), phrases,
+                   tokens, splits, refs, sent_ids, extras, strict=True)]
         for k in self._rows(self.kept, start, stop):
             out[k - start] = self.kept[k]
         return out
@@ -318,7 +318,7 @@ class _Columns:
             elif name in INTEGER:
                 cols.append(self.ints[name][start:stop].tolist())
             elif name == "box":
-                cols.append(zip(*self.box[start:stop].T.tolist(), strict=True))
+                cols.append(_box_tuples(self.box[start:stop]))
             elif name == "phrase":
                 cols.append(self._phrases(start, stop))
             elif name == "tokens":
@@ -354,7 +354,7 @@ class _Columns:
                f'"image_id": {i}, "image_path": {p}, "phrase": {ph}, "ref_id": {r}, '
                f'"sent_id": {sid}, "split": {sp}, "tokens": [{tk}], "width": {w}}}'
                for b, h, i, p, ph, r, sid, sp, tk, w in zip(
-                   box.tolist(), heights, ids, paths, phrases, refs, sent_ids, splits, tokens,
+                   _box_tuples(box), heights, ids, paths, phrases, refs, sent_ids, splits, tokens,
                    widths, strict=True)]
         slow = set((np.flatnonzero(~np.isfinite(box).all(axis=1)) + start).tolist())
         slow.update(self._rows(self.extra, start, stop), self._rows(self.kept, start, stop))
@@ -372,12 +372,15 @@ class _Columns:
         pe, buf = self.phrase_end[start:stop + 1].tolist(), self.phrases
         return [buf[a:b].decode("utf-8", "surrogatepass") for a, b in itertools.pairwise(pe)]
 
-    def _tokens(self, start: int, stop: int, table: list[str]) -> list[list[str]]:
-        """Each row's tokens (as `table` holds them: the strings, or their JSON literals)."""
+    def _tokens(self, start: int, stop: int, table: list[str]) -> Iterator[list[str]]:
+        """Each row's tokens (as `table` holds them: the strings, or their JSON literals).
+
+        An iterator: each row's list is gone once used (lists that survive a while make
+        the cyclic gc run, and so do the tuples of _box_tuples)."""
         te = self.token_end[start:stop + 1].tolist()
         flat = [table[c] for c in self.token_ids[te[0]:te[-1]].tolist()]
         t0 = te[0]
-        return [flat[a - t0:b - t0] for a, b in itertools.pairwise(te)]
+        return (flat[a - t0:b - t0] for a, b in itertools.pairwise(te))
 
     @staticmethod
     def _rows(sparse: dict[int, Any], start: int, stop: int) -> list[int]:
@@ -417,6 +420,11 @@ def _sparse_take(sparse: dict[int, _T], rows: np.ndarray) -> dict[int, _T]:
     hit = pos < len(rows)
     hit[hit] = rows[pos[hit]] == keys[hit]
     return {p: sparse[k] for k, p in zip(keys[hit].tolist(), pos[hit].tolist(), strict=True)}
+
+
+def _box_tuples(box: np.ndarray) -> Iterator[tuple[float, ...]]:
+    """The rows of a float64 [n, 4] array as tuples of 4 Python floats, one at a time."""
+    return zip(*box.T.tolist(), strict=True)
 
 
 def _gather(flat: np.ndarray, end: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
