@@ -202,7 +202,8 @@ def test_bad_requests_are_one_line(tmp_path, refer_root):
 def test_invalid_records_left_out_and_counted(tmp_path):
     ix = own_index()
     bad = ix.records[0]
-    ix.records.append(dataclasses.replace(bad, box=(5.0, 5.0, 5.0, 9.0), sent_id=7))
+    ix = DatasetIndex([*ix.records, dataclasses.replace(bad, box=(5.0, 5.0, 5.0, 9.0), sent_id=7)],
+                      name=ix.name, source=ix.source, meta=ix.meta)
     done = convert_index(ix, "coco", tmp_path)
     assert "left out 1 invalid of 5 records: degenerate_box 1" in done.notes
     assert done.counts == {"train": 3, "val": 1}

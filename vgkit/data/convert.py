@@ -122,7 +122,7 @@ def _records(index: DatasetIndex, notes: list[str], keep_trainval: bool) -> list
     check = check_index(index)
     if not check.ok:
         notes.append(f"left out {check.summary()}")
-    records = check.valid(index).records
+    records = list(check.valid(index).records)  # read several times below
     if not records:
         raise VgkitError(f"{index.name}: no valid expressions to write"
                          + (f" ({check.summary()})" if not check.ok else ""))

@@ -49,7 +49,7 @@ TODO, DONE, BAD = 0, 1, 2
 
 def image_table(index: DatasetIndex) -> list[tuple[str, str]]:
     """The distinct (image_id, image_path) of an index, sorted by id."""
-    return sorted({(r.image_id, r.image_path) for r in index})
+    return sorted(set(zip(index.column("image_id"), index.column("image_path"), strict=True)))
 
 
 def images_digest(images: Sequence[tuple[str, str]]) -> str:

@@ -64,14 +64,14 @@ class Prepared:
     def images_per_split(self) -> dict[str, int]:
         """Distinct images of each split."""
         images: dict[str, set[str]] = {}
-        for r in self.index:
-            images.setdefault(r.split, set()).add(r.image_id)
+        for split, image_id in self.index.values("split", "image_id"):
+            images.setdefault(split, set()).add(image_id)
         return {split: len(ids) for split, ids in images.items()}
 
 
 def missing_images(index: DatasetIndex, root: Path) -> Missing:
     """Which of the index's images are not files under `root` (the first few named)."""
-    paths = sorted({r.image_path for r in index})
+    paths = sorted(set(index.column("image_path")))
     missing = [p for p in paths if not image_file(root, p).is_file()]
     return Missing(len(missing), len(paths), missing[:SHOW])
 

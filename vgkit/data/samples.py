@@ -26,7 +26,8 @@ def dataset_samples(recipe: Any, n: int) -> list[Sample]:
     index = get_registry().build("dataset", ds.name, ds.options(), root=root)
     bad = set(check_index(index).invalid)
     rank = {"test": 0, "val": 1}
-    order = sorted(range(len(index.records)), key=lambda k: rank.get(index.records[k].split, 2))
+    splits = index.column("split")
+    order = sorted(range(len(index)), key=lambda k: rank.get(splits[k], 2))
     seen: dict[str, Sample] = {}
     for k in order:
         r = index.records[k]

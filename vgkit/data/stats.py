@@ -23,7 +23,7 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
 def expressions(index: DatasetIndex, split: str | None) -> list[Record]:
     """The records to summarise: one split, or every expression once (trainval repeats train/val)."""
     if split is not None:
-        return index.split(split).records
+        return list(index.split(split).records)
     seen: dict[tuple[Any, ...], Record] = {}
     for r in index:
         seen.setdefault((r.image_id, r.ref_id, r.sent_id, r.phrase, r.box), r)

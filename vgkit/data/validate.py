@@ -152,24 +152,32 @@ def check_index(index: DatasetIndex, *, strict: bool = False) -> IndexCheck:
     # players for one region (another sent_id): real annotations, so sent_id is in the key.
     # trainval repeats train and val under its own split name, so split is too.
     seen: set[tuple[Any, ...]] = set()
-    for i, r in enumerate(index.records):
-        if type(r.image_path) is not str or _normalise(r.image_path)[1]:  # message only if bad
-            safe_relpath(r.image_path, f"{index.name}: {_name(i, r)}")
+    safe: set[str] = set()  # image paths found safe (the same path repeats: checked once)
+    # the fields straight from the index's columns: a Record is built only to be named
+    for i, (image_path, width, height, box, tokens, phrase, split, image_id, ref_id,
+            sent_id) in enumerate(index.values("image_path", "width", "height", "box", "tokens",
+                                               "phrase", "split", "image_id", "ref_id",
+                                               "sent_id")):
+        if type(image_path) is not str or (image_path not in safe
+                                           and _normalise(image_path)[1]):  # message only if bad
+            safe_relpath(image_path, f"{index.name}: {_name(i, index.records[i])}")
+        safe.add(image_path)
         try:
-            kind = "bad_image_size" if r.width < 0 or r.height < 0 else box_problem(
-                r.box, r.width, r.height)
+            kind = "bad_image_size" if width < 0 or height < 0 else box_problem(
+                box, width, height)
         except TypeError:  # a size that is not a number
             kind = "bad_image_size"
-        if kind is None and (not r.tokens or not isinstance(r.phrase, str)
-                             or not r.phrase.strip()):
+        if kind is None and (not tokens or not isinstance(phrase, str) or not phrase.strip()):
             kind = "empty_phrase"
         if kind is None:
-            key = (r.split, r.image_id, r.ref_id, r.sent_id, r.box, r.phrase)
+            # the box spread: one new tuple a record, not two (surviving tuples make the gc run)
+            key = (split, image_id, ref_id, sent_id, *box, phrase)
             if key in seen:
                 kind = "duplicate"
             seen.add(key)
         if kind is None:
             continue
+        r = index.records[i]
         example = f"{_name(i, r)}: {_what(kind, r)}"
         if strict:
             raise VgkitError(f"{index.name}: invalid record ({kind}): {example} (strict mode)")

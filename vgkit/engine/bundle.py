@@ -121,9 +121,9 @@ class DataBundle:
         self.reads_vocab = True
         self._features: Tensor | None = None  # the whole cache, when it lives in (GPU) memory
         self._splits: dict[str, ExprSet] = {}
-        # records the index validator rejects, by identity: excluded from every split
-        self._invalid = {id(self.index.records[k]): f"invalid record ({kind})"
-                         for k, kind in self.check.invalid.items()}
+        # records the index validator rejects, by position in the index: excluded from every
+        # split (the index builds its Records when read: no identity to key on)
+        self._invalid = {k: f"invalid record ({kind})" for k, kind in self.check.invalid.items()}
 
     # ------------------------------------------------------------ text side
     def _vocabulary(self) -> Vocabulary:
@@ -208,8 +208,9 @@ class DataBundle:
         if name not in self._splits:
             recs, excluded = [], []
             bad = self.cache.bad if self.cache is not None else set()
-            for r in self.index.split(name):
-                why = self._invalid.get(id(r)) or (UNREADABLE if r.image_id in bad else None)
+            rows = self.index.split_rows(name).tolist()
+            for k, r in zip(rows, self.index.split(name), strict=True):
+                why = self._invalid.get(k) or (UNREADABLE if r.image_id in bad else None)
                 if why:
                     excluded.append((r, why))
                 else:
