@@ -29,6 +29,7 @@ from vgkit.distributed import DistInfo
 from vgkit.engine.bundle import DataBundle, ExprSet, eval_order
 from vgkit.engine.evaluate import predict
 from vgkit.engine.memory import keep_freed_memory
+from vgkit.engine.train import found_inf
 from vgkit.model import build_model, compute_loss
 from vgkit.plugins import get_registry
 from vgkit.recipe import load_recipe
@@ -102,10 +103,7 @@ def train_steps(model, loss, opt, bundle: DataBundle, exprs: ExprSet, order: lis
         res = compute_loss(loss, out, b.target, model.head.box_format, model.spec.input_size)
         opt.zero_grad(set_to_none=True)
         res.total.backward()
-        # Trainer's finite check (its _found_inf; read every step on the CPU)
-        found = (~torch.isfinite(res.total.detach())).float()
-        torch._amp_foreach_non_finite_check_and_unscale_(
-            [p.grad for p in params if p.grad is not None], found, one)
+        found = found_inf(res.total, params, one)  # Trainer's check, read every step on the CPU
         opt.found_inf = found
         opt.step()
         if found.item():
