@@ -526,8 +526,8 @@ class DatasetIndex:
         c = self._cols
         if name in CATEGORICAL:
             return list(map(c.values[name].__getitem__, c.codes[name].tolist()))
-        if name in ("phrase", "tokens"):
-            return [getattr(r, name) for r in self]
+        if name in ("phrase", "tokens"):  # decoded from the columns, no Record built
+            return [v for (v,) in self.values(name)]
         if name not in INTEGER and name != "box":
             raise VgkitError(f"no column {name!r}; columns: "
                              f"{', '.join(n for n in _FIELD_NAMES if n != 'extra')}")
