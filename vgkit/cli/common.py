@@ -2,8 +2,11 @@
 
 Every console prints literally: rich markup is off, so user data and messages
 such as ``box must be [x1, y1, x2, y2]`` keep their square brackets; styling is
-applied with :class:`rich.text.Text`, never by markup in a string. When output
-is not a terminal (a pipe, a log file) lines are never cut at 80 columns.
+applied with :class:`rich.text.Text`, never by markup in a string. Help texts are
+the exception typer imposes: it reads them as markup, so a help string writes a
+literal bracket as ``\\[`` (``\\[default: ...]``); tests/cli/test_help.py checks
+every one. When output is not a terminal (a pipe, a log file) lines are never cut
+at 80 columns.
 """
 
 from __future__ import annotations

@@ -43,15 +43,15 @@ def prepare(
                                "mdetr, json (the first json form found); flickr30k: pth, "
                                "seqtr, json."),
     out: Path | None = typer.Option(None, "--out",
-                                    help=f"Index directory [default: ROOT/{DEFAULT_OUT}]."),
+                                    help=f"Index directory \\[default: ROOT/{DEFAULT_OUT}]."),
     splits: str | None = typer.Option(None, "--splits", help="Comma-separated splits to index "
-                                      f"[default: referit {','.join(DEFAULT_SPLITS)}; others: "
+                                      f"\\[default: referit {','.join(DEFAULT_SPLITS)}; others: "
                                       "every split of the form, plus trainval]."),
     split_by: str | None = typer.Option(None, "--split-by", help="Which published split: "
                                         "refcoco unc|google, refcoco+ unc, refcocog umd|google, "
-                                        "refclef unc|berkeley [default: the first]."),
+                                        "refclef unc|berkeley \\[default: the first]."),
     image_dir: str | None = typer.Option(None, "--image-dir", help="Images folder under ROOT "
-                                         "[default: the layout's, see docs/data.md]."),
+                                         "\\[default: the layout's, see docs/data.md]."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any bad box, empty or "
                                 "undecodable phrase, duplicate or other invalid record."),
 ) -> None:
@@ -99,14 +99,14 @@ def convert(
                                "(as for `prepare`)."),
     split_by: str | None = typer.Option(None, "--split-by", help="Which published split to "
                                         "read (with --dataset); refer: the refs(<split_by>).p "
-                                        "name [default: the index's]."),
+                                        "name \\[default: the index's]."),
     splits: str | None = typer.Option(None, "--splits", help="Comma-separated splits to "
-                                      "write [default: all; trainval only where train and val "
+                                      "write \\[default: all; trainval only where train and val "
                                       "are not both there]."),
     image_dir: str | None = typer.Option(None, "--image-dir", help="The images folder under "
-                                         "the root; files are named relative to it [default: "
+                                         "the root; files are named relative to it \\[default: "
                                          "the index's, else the folder its images share]."),
-    name: str | None = typer.Option(None, "--name", help="Dataset name in the files [default: "
+    name: str | None = typer.Option(None, "--name", help="Dataset name in the files \\[default: "
                                     "pth: unc, unc+, gref, gref_umd, flickr by set; else the "
                                     "index's]. pth: flickr and referit choose their layouts."),
     force: bool = typer.Option(False, "--force", help="Overwrite files that exist."),

@@ -34,7 +34,7 @@ def eval_cmd(
     which: str = typer.Option("best", "--which", help="best or last checkpoint."),
     dataset: str = typer.Option(None, "--dataset", help="Evaluate on another dataset (a name)."),
     root: Path = typer.Option(None, "--root", help="Dataset directory (default: the recipe's)."),
-    split: str = typer.Option(None, "--split", help="Split to evaluate [default: the recipe's data.test_split]."),
+    split: str = typer.Option(None, "--split", help="Split to evaluate \\[default: the recipe's data.test_split]."),
     splits: str = typer.Option(None, "--splits",
                                help="Several splits in one run: comma-separated, or all (every "
                                     "split but train/trainval). One table."),

@@ -35,7 +35,7 @@ def search(
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ..."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Random search over the recipe's [[search]] ranges; re-run the same command to continue it."""
+    """Random search over the recipe's [\\[search]] ranges; re-run the same command to continue it."""
     from vgkit.engine.search import Search, run_search, searched
     from vgkit.plugins import get_registry
 
