@@ -120,7 +120,9 @@ def test_bench_prints_published_rows_and_writes_the_checkpoint_row(runner, tiny_
     assert row["n"] == len(lines)
     assert row["reported_acc@0.5"] is None  # no recipe reports synthetic numbers
     assert data["published"] == []  # ... nor any other published number on synthetic data
-    assert "| synthetic-attn-regression | synthetic |" in md.read_text()
+    assert row["split"] == "test" and data["split"] is None  # the recipe's data.test_split
+    assert "| synthetic-attn-regression | synthetic | test |" in md.read_text()
+    assert "each recipe's data.test_split" in md.read_text()
 
 
 def test_bench_without_checkpoints_prints_what_the_recipes_declare(runner, tmp_path):
@@ -131,8 +133,10 @@ def test_bench_without_checkpoints_prints_what_the_recipes_declare(runner, tmp_p
         assert text in res.output
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["runs"] == []
-    # Tables 2-4 of Endo et al. (the full model once) and TransVG's ReferIt test number
-    assert len(data["published"]) == 12
+    # Tables 2-4 of Endo et al. (the full model once) and TransVG's ReferIt test number,
+    # after TransVG's val number: without --split every split, in the order papers print them
+    assert [p["split"] for p in data["published"]] == ["val"] + ["test"] * 12
+    assert "71.60%" in res.output
     assert {p["dataset"] for p in data["published"]} == {"referit"}
 
 

@@ -113,3 +113,22 @@ def test_bench_prints_the_refcoco_rows_the_recipes_declare(runner, tmp_path, spl
     rows = json.loads(out.read_text())["published"]
     assert len(rows) == 6 and {r["dataset"] for r in rows} == {"refcoco"}
     assert sorted(f"{100 * r['acc@0.5']:.2f}%" for r in rows) == sorted(numbers)
+
+
+def test_bench_without_split_prints_every_split_in_report_order(runner, tmp_path):
+    out = tmp_path / "b.json"
+    res = _invoke(runner, "bench", "--dataset", "refcoco", "--json", out)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["split"] is None
+    assert [r["split"] for r in data["published"]] == ["val"] * 6 + ["testA"] * 6 + ["testB"] * 6
+    assert "every split" in " ".join(res.output.split())
+
+
+def test_bench_on_a_split_nobody_declares_says_which_splits_are(runner, tmp_path):
+    out = tmp_path / "b.json"
+    res = _invoke(runner, "bench", "--dataset", "refcoco", "--split", "test", "--json", out)
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["published"] == []
+    assert ("no number is declared for the test split of refcoco; the recipes declare val, "
+            "testA, testB (--split val)") in " ".join(res.output.split())

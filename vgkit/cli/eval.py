@@ -11,7 +11,7 @@ from rich.table import Table
 
 from vgkit.cli.common import console, styled, user_errors
 from vgkit.engine.report import number, percent
-from vgkit.engine.run import check_convention, evaluate_checkpoint, peak_memory
+from vgkit.engine.run import check_convention, evaluate_checkpoint, peak_memory, report_order
 from vgkit.errors import VgkitError
 from vgkit.fsutil import atomic_write_text
 
@@ -191,7 +191,10 @@ def bench_cmd(
     dataset: str = typer.Option(None, "--dataset",
                                 help="Evaluate on this dataset (default: each recipe's own)."),
     root: Path = typer.Option(None, "--root", help="Dataset directory (default: the recipe's)."),
-    split: str = typer.Option("test", "--split", help="Split to evaluate."),
+    split: str = typer.Option(None, "--split",
+                              help="One split: the published numbers for it, the checkpoints "
+                                   "on it \\[default: every published split; each checkpoint on "
+                                   "its recipe's data.test_split]."),
     markdown: Path = typer.Option(None, "--markdown", help="Write the table as Markdown here."),
     json_out: Path = typer.Option(None, "--json", help="Write the numbers as JSON here."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda ..."),
@@ -207,20 +210,29 @@ def bench_cmd(
         rows.append(bench_row(ck, ev, accuracy(ev.preds), peak_memory(ev.device),
                               ev.recipe.data.dataset.name))
     shown = {dataset} if dataset else {r["dataset"] for r in rows}
-    reference = [p for p in published(get_registry(), split=split)
-                 if not shown or p["dataset"] in shown]
+    declared = [p for p in published(get_registry()) if not shown or p["dataset"] in shown]
+    first = {d: i for i, d in reversed(list(enumerate(p["dataset"] for p in declared)))}
+    reference = sorted((p for p in declared if split in (None, p["split"])),
+                       key=lambda p: (first[p["dataset"]], report_order(p["split"])))
     what = ", ".join(sorted(shown)) if shown else "every dataset"
-    console.print(_published_table(reference, f"published Acc@0.5 on {what}, {split} split "
+    console.print(_published_table(reference, f"published Acc@0.5 on {what}, "
+                                              f"{f'{split} split' if split else 'every split'} "
                                               "(declared by the recipes)"))
+    if split and not reference and declared:  # e.g. refcoco has no "test": say which it has
+        have = sorted({p["split"] for p in declared}, key=report_order)
+        console.print(f"no number is declared for the {split} split of {what}; the recipes "
+                      f"declare {', '.join(have)} (--split {have[0]})")
     if rows:
-        table = Table(title=f"checkpoints on {split} (continuous IoU, original pixels)")
-        for col in ("recipe / dataset", "reported", "Acc@0.5", "mIoU", "n", "refs/s", "peak MiB",
+        where = f"{split}" if split else "each recipe's data.test_split"
+        table = Table(title=f"checkpoints on {where} (continuous IoU, original pixels)")
+        for col in ("recipe / dataset split", "reported", "Acc@0.5", "mIoU", "n", "refs/s", "peak MiB",
                     "device"):
             table.add_column(col, overflow="fold",
-                             justify="left" if col in ("recipe / dataset", "device") else "right")
+                             justify="left" if col in ("recipe / dataset split", "device") else "right")
         for r in rows:
             reported = percent(r["reported_acc@0.5"])
-            table.add_row(styled(r["recipe"], "", "\n").append(r["dataset"], "dim"), reported,
+            table.add_row(styled(r["recipe"], "", "\n").append(f"{r['dataset']} {r['split']}",
+                                                                 "dim"), reported,
                           percent(r["acc@0.5"]), number(r["miou"]), str(r["n"]),
                           f"{r['refs_per_s']:.1f}", f"{r['peak_memory_bytes'] / 2**20:,.0f}",
                           r["device"])

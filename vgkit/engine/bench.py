@@ -64,20 +64,24 @@ def _mib(b: int) -> str:
     return f"{b / 2**20:,.0f} MiB"
 
 
-def bench_markdown(published: list[dict[str, Any]], rows: list[dict[str, Any]], split: str) -> str:
-    """The published rows and the checkpoints' rows as a Markdown page."""
+def bench_markdown(published: list[dict[str, Any]], rows: list[dict[str, Any]],
+                   split: str | None) -> str:
+    """The published rows and the checkpoints' rows as a Markdown page (split None: each run's own)."""
     lines = ["# vgkit bench", "", "## Published (declared by the recipes; Acc@0.5)", "",
              "| source | setting | method / recipe | dataset | split | Acc@0.5 |",
              "|---|---|---|---|---|---:|"]
     lines += [f"| {p['source']} | {p['setting']} | {p['method'] or p['recipe']} | {p['dataset']} "
               f"| {p['split']} | {percent(p['acc@0.5'])} |" for p in published]
-    lines += ["", f"## Checkpoints ({split} split; continuous IoU, original pixels)", ""]
+    where = f"{split} split" if split else "each recipe's data.test_split"
+    lines += ["", f"## Checkpoints ({where}; continuous IoU, original pixels)", ""]
     if not rows:
         return "\n".join([*lines, "(none evaluated)", ""])
-    lines += ["| recipe | dataset | reported setting | reported Acc@0.5 | Acc@0.5 | mean IoU | n "
-              "| refs/s | peak memory | device |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["| recipe | dataset | split | reported setting | reported Acc@0.5 | Acc@0.5 "
+              "| mean IoU | n | refs/s | peak memory | device |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['recipe']} | {r['dataset']} | {r['reported_setting'] or '-'} "
+        lines.append(f"| {r['recipe']} | {r['dataset']} | {r['split']} "
+                     f"| {r['reported_setting'] or '-'} "
                      f"| {percent(r['reported_acc@0.5'])} | {percent(r['acc@0.5'])} | {number(r['miou'])} "
                      f"| {r['n']} | {r['refs_per_s']:.1f} | {_mib(r['peak_memory_bytes'])} "
                      f"({r['peak_memory_kind']}) | {r['device']} |")

@@ -99,6 +99,11 @@ TRAINING_SPLITS = ("train", "trainval")
 _REPORT_ORDER = ("val", "testA", "testB", "testC", "test")
 
 
+def report_order(split: str) -> tuple[int, str]:
+    """Sort key: the order papers print splits in (val, testA, testB, testC, test), then by name."""
+    return (_REPORT_ORDER.index(split) if split in _REPORT_ORDER else len(_REPORT_ORDER), split)
+
+
 def choose_splits(spec: str | Sequence[str], available: Iterable[str], dataset: str) -> list[str]:
     """The splits `spec` names (``"all"``, ``"val,testA"`` or a list), checked against `available`.
 
@@ -112,9 +117,7 @@ def choose_splits(spec: str | Sequence[str], available: Iterable[str], dataset: 
     if "all" in names:
         if len(names) > 1:
             raise VgkitError(f"splits {spec!r}: all stands alone")
-        names = sorted((s for s in have if s not in TRAINING_SPLITS),
-                       key=lambda s: (_REPORT_ORDER.index(s) if s in _REPORT_ORDER
-                                      else len(_REPORT_ORDER), s))
+        names = sorted((s for s in have if s not in TRAINING_SPLITS), key=report_order)
         if not names:
             raise VgkitError(f"dataset {dataset!r} has no split besides "
                              f"{', '.join(have) or 'none'} to evaluate")
