@@ -109,7 +109,7 @@ def test_bench_prints_published_rows_and_writes_the_checkpoint_row(runner, tiny_
     res = _invoke(runner, "bench", "--checkpoint", tiny_run.run, "--dataset", "synthetic",
                   "--markdown", md, "--json", js, "--device", "cpu")
     assert res.exit_code == 0, res.output
-    assert "no published" not in res.output
+    assert "no recipe declares a published number for synthetic" in res.output
     data = json.loads(js.read_text())
     (row,) = data["runs"]
     assert row["recipe"] == "synthetic-attn-regression" and row["dataset"] == "synthetic"
@@ -123,6 +123,13 @@ def test_bench_prints_published_rows_and_writes_the_checkpoint_row(runner, tiny_
     assert row["split"] == "test" and data["split"] is None  # the recipe's data.test_split
     assert "| synthetic-attn-regression | synthetic | test |" in md.read_text()
     assert "each recipe's data.test_split" in md.read_text()
+
+
+def test_bench_refuses_an_unknown_dataset(runner, tmp_path):
+    res = _invoke(runner, "bench", "--dataset", "refcoco[x]", "--json", tmp_path / "b.json")
+    assert res.exit_code == 2
+    assert "unknown dataset 'refcoco[x]'; valid:" in " ".join(res.output.split())
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_bench_without_checkpoints_prints_what_the_recipes_declare(runner, tmp_path):

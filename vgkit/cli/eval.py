@@ -204,13 +204,16 @@ def bench_cmd(
     from vgkit.engine.evaluate import accuracy
     from vgkit.plugins import get_registry
 
+    registry = get_registry()
+    if dataset:
+        registry.get("dataset", dataset)  # an unknown name is an error, not an empty table
     rows = []
     for ck in checkpoint:
         ev = evaluate_checkpoint(ck, dataset=dataset, root=root, split=split, device=device)
         rows.append(bench_row(ck, ev, accuracy(ev.preds), peak_memory(ev.device),
                               ev.recipe.data.dataset.name))
     shown = {dataset} if dataset else {r["dataset"] for r in rows}
-    declared = [p for p in published(get_registry()) if not shown or p["dataset"] in shown]
+    declared = [p for p in published(registry) if not shown or p["dataset"] in shown]
     first = {d: i for i, d in reversed(list(enumerate(p["dataset"] for p in declared)))}
     reference = sorted((p for p in declared if split in (None, p["split"])),
                        key=lambda p: (first[p["dataset"]], report_order(p["split"])))
@@ -218,7 +221,9 @@ def bench_cmd(
     console.print(_published_table(reference, f"published Acc@0.5 on {what}, "
                                               f"{f'{split} split' if split else 'every split'} "
                                               "(declared by the recipes)"))
-    if split and not reference and declared:  # e.g. refcoco has no "test": say which it has
+    if not declared:
+        console.print(f"no recipe declares a published number for {what}")
+    elif split and not reference:  # e.g. refcoco has no "test": say which splits it has
         have = sorted({p["split"] for p in declared}, key=report_order)
         console.print(f"no number is declared for the {split} split of {what}; the recipes "
                       f"declare {', '.join(have)} (--split {have[0]})")
