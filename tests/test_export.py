@@ -18,7 +18,7 @@ from vgkit.cli import app
 from vgkit.data.synth import generate
 from vgkit.engine.train import Trainer
 from vgkit.errors import VgkitError
-from vgkit.export import PARITY_PX, OnnxGrounder, export_onnx
+from vgkit.export import PARITY_PX, OnnxGrounder, export_onnx, text_ids
 from vgkit.recipe import load_recipe
 
 
@@ -48,6 +48,25 @@ def transvg(tmp_path_factory, registry):
         Trainer(recipe, registry, run, device="cpu", progress=False).fit()
     g = _load(run)
     return g, export_onnx(g, base / "out" / "transvg.onnx")
+
+
+@pytest.fixture(scope="module")
+def transvg_bert(tmp_path_factory, registry):
+    """transvg-lite with a Hugging Face encoder (a tiny BERT): its own subword tokenizer."""
+    from tiny_hf import tiny_bert_dir
+
+    base = tmp_path_factory.mktemp("transvg-bert")
+    root, run = base / "syn", base / "run"
+    generate(root, 12, seed=2, image_size=(96, 80), progress=False)
+    encoder = f'model.text_encoder={{name = "hf", path = "{tiny_bert_dir()}", max_tokens = 8}}'
+    recipe = load_recipe("transvg-lite", [f"data.root={root}", "data.image_size=[64, 64]",
+                                          "train.epochs=1", "train.batch_size=8", encoder],
+                         registry=registry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Trainer(recipe, registry, run, device="cpu", progress=False).fit()
+    g = _load(run)
+    return g, export_onnx(g, base / "out" / "bert.onnx")
 
 
 def scene(seed: int, size=(110, 70)) -> Image.Image:
@@ -108,6 +127,47 @@ def test_transvg_lite_export_matches_pytorch(transvg):
     assert one.box == pytest.approx(g.predict(scene(5), "the red box on the left").box,
                                     abs=PARITY_PX)
     assert one.attention is None and one.words is None
+
+
+def test_a_hugging_face_tokenizer_is_exported_beside_the_model(transvg_bert):
+    g, r = transvg_bert
+    assert r.passed and r.samples >= 4, r
+    assert r.tokenizer == r.model.with_suffix(".tokenizer.json") and r.tokenizer.is_file()
+    text = json.loads(r.meta.read_text())["text"]
+    assert text["kind"] == "huggingface" and text["file"] == r.tokenizer.name
+    assert text["max_tokens"] == 8 and text["pad_id"] == 0
+    for path in (r.model, r.heads):  # every phrase is padded to max_tokens
+        inputs = {i.name: i.shape for i in ort.InferenceSession(str(path)).get_inputs()}
+        assert inputs["ids"] == ["batch", 8] and inputs["mask"] == ["batch", 8]
+    onnx = OnnxGrounder(r.model)
+    pictures = [scene(0), scene(1, (60, 90)), scene(2)]
+    # a word the tiny vocabulary lacks ([UNK]), one long phrase (truncated to 8), one word
+    phrases = ["the zebra", "the big red square on the left above the small green tree", "sky"]
+    got, want = onnx.predict(pictures, phrases), g.predict(pictures, phrases)
+    for a, b in zip(got, want, strict=True):
+        assert a.box == pytest.approx(b.box, abs=PARITY_PX)
+    ids, mask = text_ids(onnx.meta, phrases, onnx.tokenizer)
+    own = g.model.tokenize(phrases)
+    assert ids.shape == (3, 8) and np.array_equal(ids[:, : own.ids.shape[1]], own.ids.numpy())
+    assert mask.sum(1).tolist() == own.mask.sum(1).tolist() == [4, 8, 3]
+
+
+def test_a_missing_or_damaged_tokenizer_file_is_one_clear_error(transvg_bert, tmp_path):
+    _, r = transvg_bert
+    for f in (r.model, r.meta):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    model = tmp_path / r.model.name
+    with pytest.raises(VgkitError, match=r"missing .*bert\.tokenizer\.json: vgkit export writes"):
+        OnnxGrounder(model)
+    (tmp_path / r.tokenizer.name).write_text('{"version": "1.0", "model": [')
+    with pytest.raises(VgkitError, match="the tokenizers package cannot read it"):
+        OnnxGrounder(model)
+    (tmp_path / r.tokenizer.name).write_bytes(r.tokenizer.read_bytes())
+    meta = json.loads(r.meta.read_text())
+    del meta["text"]["max_tokens"]
+    (tmp_path / r.meta.name).write_text(json.dumps(meta))
+    with pytest.raises(VgkitError, match="not a tokenizer this model can use"):
+        OnnxGrounder(model)
 
 
 def test_a_tokenizer_the_json_cannot_describe_is_refused(tiny_run, tmp_path, monkeypatch):

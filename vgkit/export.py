@@ -4,11 +4,14 @@
 
 - ``model.onnx``: the whole model, ``images`` [B, 3, H, W] (preprocessed) + ``ids`` [B, L]
   int64 + ``mask`` [B, L] bool -> ``boxes`` [B, 4] xyxy in input pixels, and the attention
-  maps the model has (``alpha_I`` [B, h*w], ``alpha_T`` [B, L]); batch and phrase length free;
+  maps the model has (``alpha_I`` [B, h*w], ``alpha_T`` [B, L]); batch and phrase length free
+  (with a Hugging Face tokenizer L is its max_tokens: every phrase is padded to it);
 - ``model.heads.onnx``: the same from ``features`` [B, C, h, w] (the backbone's maps, as the
   feature cache holds them) instead of images;
 - ``model.json``: the vocabulary and tokenizer rule, the preprocessing (size, resize mode,
-  mean/std) and how input-pixel boxes map back to the original image.
+  mean/std) and how input-pixel boxes map back to the original image;
+- ``model.tokenizer.json``, for a text encoder with a Hugging Face tokenizer (``hf``,
+  ``minilm``) instead of a vocabulary: that tokenizer, which the ``tokenizers`` package reads.
 
 Then it grounds dataset images with PyTorch (``Grounder.predict``) and with onnxruntime,
 and reports the largest box difference in original pixels. :class:`OnnxGrounder` reads the
@@ -72,8 +75,42 @@ def paths(out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     return model, model.with_suffix(".heads.onnx"), model.with_suffix(".json")
 
 
+def tokenizer_path(out: str | os.PathLike[str]) -> Path:
+    """x.tokenizer.json beside the model file x.onnx (a Hugging Face tokenizer's rule)."""
+    return paths(out)[0].with_suffix(".tokenizer.json")
+
+
+def hf_tokenizer(text: dict[str, Any], source: str) -> Any:
+    """The `tokenizers` Tokenizer of `source` (its JSON), truncating and padding as `text` says."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(source)
+    tok.no_truncation()
+    tok.no_padding()
+    tok.enable_truncation(max_length=int(text["max_tokens"]),
+                          direction=str(text["truncation_side"]))
+    # padded to max_tokens, always: the file's phrase length is fixed (see _text_rule)
+    tok.enable_padding(direction=str(text["padding_side"]), pad_id=int(text["pad_id"]),
+                       pad_token=str(text["pad_token"]), length=int(text["max_tokens"]))
+    return tok
+
+
+def text_ids(meta: dict[str, Any], phrases: list[str],
+             tokenizer: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [B, L] int64, mask [B, L] bool) by the exported rule of `meta`.
+
+    A Hugging Face rule needs its `tokenizer` (:func:`hf_tokenizer`): special tokens added and
+    truncated to max_tokens, as the encoder's own call does, then padded to max_tokens.
+    """
+    if meta["text"].get("kind") == "huggingface":
+        encs = tokenizer.encode_batch(list(phrases))
+        return (np.array([e.ids for e in encs], dtype=np.int64),
+                np.array([e.attention_mask for e in encs], dtype=bool))
+    return vocabulary_ids(meta, phrases)
+
+
 def vocabulary_ids(meta: dict[str, Any], phrases: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [B, L] int64, mask [B, L] bool) by the exported tokenizer rule of `meta`."""
+    """(ids [B, L] int64, mask [B, L] bool) by the exported vocabulary rule of `meta`."""
     text = meta["text"]
     vocab = Vocabulary(text["vocab"])
     rows = [vocab.encode(tokenize(p)[: text["max_words"]]) or [vocab.unk_id] for p in phrases]
@@ -95,6 +132,7 @@ class ExportResult:
     heads_box_px: float  # the heads from PyTorch's maps: the same
     attention: float | None  # largest |alpha_I difference|, None without image attention
     word_attention: float | None  # largest |alpha_T difference|
+    tokenizer: Path | None = None  # x.tokenizer.json, for a Hugging Face tokenizer
 
     @property
     def passed(self) -> bool:
@@ -102,35 +140,60 @@ class ExportResult:
         return max(self.box_px, self.heads_box_px) <= PARITY_PX
 
 
-def _text_rule(grounder: Grounder) -> dict[str, Any]:
+def _text_rule(grounder: Grounder, tokenizer_file: Path) -> tuple[dict[str, Any], str | None]:
+    """The text rule for the JSON, and a Hugging Face tokenizer's own JSON (None: a vocabulary)."""
     enc = grounder.model.text_encoder
     vocab, max_words = getattr(enc, "vocab", None), getattr(enc, "max_words", None)
+    if isinstance(vocab, Vocabulary) and isinstance(max_words, int):
+        return {"kind": "vocabulary",
+                "tokenizer": "vgkit.text.tokenize, truncated to max_words; an empty phrase is "
+                             "<unk>",
+                "vocab": vocab.itos, "max_words": max_words, "pad_id": vocab.pad_id,
+                "unk_id": vocab.unk_id}, None
+    tok: Any = getattr(enc, "tokenizer", None)
+    max_tokens = getattr(enc, "max_tokens", None)
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None and isinstance(max_tokens, int) and tok.pad_token is not None:
+        # Padded to max_tokens: torch's TorchScript exporter records nn.MultiheadAttention's
+        # key length as a constant (pytorch/pytorch#99516), which a fusion over words would
+        # then need; every padded word is masked, so the boxes are the same.
+        return {"kind": "huggingface",
+                "tokenizer": "Hugging Face tokenizers, the file beside: special tokens added, "
+                             "truncated to max_tokens, padded to max_tokens",
+                "file": tokenizer_file.name, "max_tokens": max_tokens,
+                "pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token),
+                "padding_side": str(tok.padding_side),
+                "truncation_side": str(tok.truncation_side)}, str(backend.to_str())
     name = grounder.recipe.model.text_encoder.name
-    if not isinstance(vocab, Vocabulary) or not isinstance(max_words, int):
-        raise VgkitError(f"text encoder {name!r} has its own tokenizer: ONNX export supports "
-                         "text encoders with a vocabulary (vocab and max_words) for now")
-    return {"tokenizer": "vgkit.text.tokenize, truncated to max_words; an empty phrase is <unk>",
-            "vocab": vocab.itos, "max_words": max_words, "pad_id": vocab.pad_id,
-            "unk_id": vocab.unk_id}
+    raise VgkitError(f"text encoder {name!r} has its own tokenizer: ONNX export supports a "
+                     "vocabulary (vocab and max_words) or a Hugging Face fast tokenizer with a "
+                     "pad token (tokenizer.backend_tokenizer and max_tokens)")
 
 
-def _check_tokenizer(grounder: Grounder, meta: dict[str, Any], phrases: list[str]) -> None:
+def _check_tokenizer(grounder: Grounder, meta: dict[str, Any], phrases: list[str],
+                     tokenizer: Any) -> None:
     """The exported rule must give the model's own ids, or the file would ground other words."""
-    probes = [*phrases, "a", "x " * (meta["text"]["max_words"] + 5), "?!", "Über-LONG, words."]
+    text = meta["text"]
+    longest = text.get("max_words", text.get("max_tokens", 0))
+    probes = [*phrases, "a", "x " * (longest + 5), "?!", "Über-LONG, words."]
     own = grounder.model.tokenize(probes)
-    ids, mask = vocabulary_ids(meta, probes)
-    if not (np.array_equal(own.ids.numpy(), ids) and np.array_equal(own.mask.numpy(), mask)):
+    ids, mask = text_ids(meta, probes, tokenizer)
+    n = own.ids.shape[1]  # past the model's own padding, only padding (a fixed-length rule)
+    rest = (ids[:, n:] == text["pad_id"]).all() and not mask[:, n:].any()
+    if not (rest and np.array_equal(own.ids.numpy(), ids[:, :n])
+            and np.array_equal(own.mask.numpy(), mask[:, :n])):
         name = grounder.recipe.model.text_encoder.name
-        raise VgkitError(f"text encoder {name!r} tokenizes differently from the vocabulary rule "
-                         "ONNX export writes: it cannot be exported")
+        raise VgkitError(f"text encoder {name!r} tokenizes differently from the rule ONNX "
+                         "export writes: it cannot be exported")
 
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, first: str,
-            names: list[str]) -> None:
-    axes: dict[str, dict[int, str]] = {first: {0: "batch"}, "ids": {0: "batch", 1: "words"},
-                                       "mask": {0: "batch", 1: "words"}, names[0]: {0: "batch"}}
+            names: list[str], free_words: bool) -> None:
+    words = {0: "batch", 1: "words"} if free_words else {0: "batch"}
+    axes: dict[str, dict[int, str]] = {first: {0: "batch"}, "ids": words, "mask": words,
+                                       names[0]: {0: "batch"}}
     for n in names[1:]:
-        axes[n] = {0: "batch"} if n == "alpha_I" else {0: "batch", 1: "words"}
+        axes[n] = {0: "batch"} if n == "alpha_I" else words
     tmp = path.with_name(f".{path.name}.tmp")
     # the TorchScript exporter's deprecation and trace notes, and its C++ shape-inference
     # notes on packed sequences (the parity check runs other batch sizes and lengths)
@@ -196,22 +259,27 @@ def export_onnx(grounder: Grounder, out: str | os.PathLike[str], *, samples: int
         "features": {"channels": spec.channels, "grid": list(spec.grid)},
         "boxes": "xyxy in input pixels; original = (input - offset) / scale, clipped to the "
                  "image, with ImageTransform.geometry's scale and offset",
-        "text": _text_rule(grounder),
     }
-    _check_tokenizer(grounder, meta, phrases)
+    meta["text"], tokenizer_json = _text_rule(grounder, tokenizer_path(model_path))
+    tokenizer = None if tokenizer_json is None else hf_tokenizer(meta["text"], tokenizer_json)
+    _check_tokenizer(grounder, meta, phrases, tokenizer)
     with torch.no_grad():
         probe = model(model.tokenize(phrases[:2]),
                       images=torch.stack([grounder.transform(p) for p in pictures[:2]]))
     names = ["boxes"] + [n for n in ("alpha_I", "alpha_T") if getattr(probe.state, n) is not None]
     meta["outputs"] = names
-    text = model.tokenize(phrases[:2])
+    text = TextInputs(*map(torch.from_numpy, text_ids(meta, phrases[:2], tokenizer)))
     x = torch.stack([grounder.transform(p) for p in pictures[:2]])
     model_path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         feats = model.encode_image(x)
-    _export(_Whole(model, names).eval(), (x, text.ids, text.mask), model_path, "images", names)
+    free = tokenizer is None  # a Hugging Face rule pads every phrase to max_tokens
+    _export(_Whole(model, names).eval(), (x, text.ids, text.mask), model_path, "images", names,
+            free)
     _export(_Heads(model, names).eval(), (feats, text.ids, text.mask), heads_path, "features",
-            names)
+            names, free)
+    if tokenizer_json is not None:
+        atomic_write_text(tokenizer_path(model_path), tokenizer_json)
     atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     return _parity(grounder, OnnxGrounder(model_path), list[ImageLike](pictures), phrases)
 
@@ -241,7 +309,8 @@ def _parity(grounder: Grounder, onnx: OnnxGrounder, pictures: list[ImageLike],
     return ExportResult(onnx.path, onnx.heads_path, onnx.meta_path, len(phrases),
                         max(box_diff(got, want), box_diff([single], want[:1])),
                         box_diff(heads, want),
-                        map_diff("attention"), map_diff("word_attention"))
+                        map_diff("attention"), map_diff("word_attention"),
+                        onnx.tokenizer_file)
 
 
 class OnnxGrounder:
@@ -267,7 +336,11 @@ class OnnxGrounder:
         pre = self.meta["preprocess"]
         self.transform = ImageTransform(tuple(pre["size"]), pre["mode"])
         self.grid: tuple[int, int] = tuple(self.meta["features"]["grid"])
-        self.vocab = Vocabulary(self.meta["text"]["vocab"])
+        self.tokenizer: Any = None
+        self.tokenizer_file: Path | None = None
+        if self.meta["text"].get("kind") == "huggingface":
+            self.tokenizer_file = tokenizer_path(self.path)
+            self.tokenizer = self._read_tokenizer(self.tokenizer_file)
         opts = ort.SessionOptions()
         try:
             self.session = ort.InferenceSession(str(self.path), opts,
@@ -280,6 +353,20 @@ class OnnxGrounder:
 
     def __repr__(self) -> str:
         return f"OnnxGrounder({self.meta.get('recipe')!r} from {str(self.path)!r})"
+
+    def _read_tokenizer(self, path: Path) -> Any:
+        """x.tokenizer.json beside the model (never a path the JSON names)."""
+        if not path.is_file():
+            raise VgkitError(f"missing {path}: vgkit export writes the Hugging Face tokenizer "
+                             "beside the model")
+        try:
+            return hf_tokenizer(self.meta["text"], path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise VgkitError(f"{path}: not a tokenizer this model can use "
+                             f"({str(exc).splitlines()[0][:300] if str(exc) else exc!r})") from None
+        except Exception as exc:  # the tokenizers package raises its own types for bad JSON
+            raise VgkitError(f"{path}: the tokenizers package cannot read it "
+                             f"({str(exc).splitlines()[0][:300]})") from None
 
     def predict(self, image: ImageLike | list[ImageLike], phrase: str | list[str], *,
                 features: np.ndarray | None = None) -> Any:
@@ -297,7 +384,7 @@ class OnnxGrounder:
             if not tokenize(p):
                 raise VgkitError(f"the phrase {p!r} has no words: give the expression to ground")
         pictures = [open_image(im) for im in images]
-        ids, mask = vocabulary_ids(self.meta, phrases)
+        ids, mask = text_ids(self.meta, phrases, self.tokenizer)
         if features is None:
             x = np.stack([self.transform(p).numpy() for p in pictures])
             outs = self.session.run(None, {"images": x, "ids": ids, "mask": mask})

@@ -34,6 +34,8 @@ def export(
     console.print(f"model -> {r.model}  (images [B, 3, H, W] + ids + mask -> boxes)")
     console.print(f"heads -> {r.heads}  (features [B, C, h, w] + ids + mask -> boxes)")
     console.print(f"vocabulary and preprocessing -> {r.meta}")
+    if r.tokenizer is not None:
+        console.print(f"Hugging Face tokenizer -> {r.tokenizer}")
     console.print(f"parity on {r.samples} dataset images with their phrases, onnxruntime vs "
                   "PyTorch (fp32, CPU), largest box difference in original pixels:")
     console.print(f"  whole model: {r.box_px:.6f} px   heads from maps: {r.heads_box_px:.6f} px")
