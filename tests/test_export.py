@@ -35,19 +35,24 @@ def reference(tiny_run, tmp_path_factory):
     return g, export_onnx(g, out)
 
 
-@pytest.fixture(scope="module")
-def transvg(tmp_path_factory, registry):
-    base = tmp_path_factory.mktemp("transvg")
+def _exported_transvg(tmp_path_factory, registry, name: str, seed: int, *overrides: str):
+    """transvg-lite trained one epoch on 12 synthetic scenes, loaded and exported."""
+    base = tmp_path_factory.mktemp(name)
     root, run = base / "syn", base / "run"
-    generate(root, 12, seed=1, image_size=(96, 80), progress=False)
+    generate(root, 12, seed=seed, image_size=(96, 80), progress=False)
     recipe = load_recipe("transvg-lite", [f"data.root={root}", "data.image_size=[64, 64]",
-                                          "train.epochs=1", "train.batch_size=8"],
+                                          "train.epochs=1", "train.batch_size=8", *overrides],
                          registry=registry)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Trainer(recipe, registry, run, device="cpu", progress=False).fit()
     g = _load(run)
-    return g, export_onnx(g, base / "out" / "transvg.onnx")
+    return g, export_onnx(g, base / "out" / f"{name}.onnx")
+
+
+@pytest.fixture(scope="module")
+def transvg(tmp_path_factory, registry):
+    return _exported_transvg(tmp_path_factory, registry, "transvg", 1)
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +60,8 @@ def transvg_bert(tmp_path_factory, registry):
     """transvg-lite with a Hugging Face encoder (a tiny BERT): its own subword tokenizer."""
     from tiny_hf import tiny_bert_dir
 
-    base = tmp_path_factory.mktemp("transvg-bert")
-    root, run = base / "syn", base / "run"
-    generate(root, 12, seed=2, image_size=(96, 80), progress=False)
     encoder = f'model.text_encoder={{name = "hf", path = "{tiny_bert_dir()}", max_tokens = 8}}'
-    recipe = load_recipe("transvg-lite", [f"data.root={root}", "data.image_size=[64, 64]",
-                                          "train.epochs=1", "train.batch_size=8", encoder],
-                         registry=registry)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        Trainer(recipe, registry, run, device="cpu", progress=False).fit()
-    g = _load(run)
-    return g, export_onnx(g, base / "out" / "bert.onnx")
+    return _exported_transvg(tmp_path_factory, registry, "bert", 2, encoder)
 
 
 def scene(seed: int, size=(110, 70)) -> Image.Image:
