@@ -263,16 +263,14 @@ def export_onnx(grounder: Grounder, out: str | os.PathLike[str], *, samples: int
     meta["text"], tokenizer_json = _text_rule(grounder, tokenizer_path(model_path))
     tokenizer = None if tokenizer_json is None else hf_tokenizer(meta["text"], tokenizer_json)
     _check_tokenizer(grounder, meta, phrases, tokenizer)
-    with torch.no_grad():
-        probe = model(model.tokenize(phrases[:2]),
-                      images=torch.stack([grounder.transform(p) for p in pictures[:2]]))
-    names = ["boxes"] + [n for n in ("alpha_I", "alpha_T") if getattr(probe.state, n) is not None]
-    meta["outputs"] = names
     text = TextInputs(*map(torch.from_numpy, text_ids(meta, phrases[:2], tokenizer)))
     x = torch.stack([grounder.transform(p) for p in pictures[:2]])
-    model_path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         feats = model.encode_image(x)
+        probe = model(text, features=feats)  # which attention maps the model gives
+    names = ["boxes"] + [n for n in ("alpha_I", "alpha_T") if getattr(probe.state, n) is not None]
+    meta["outputs"] = names
+    model_path.parent.mkdir(parents=True, exist_ok=True)
     free = tokenizer is None  # a Hugging Face rule pads every phrase to max_tokens
     _export(_Whole(model, names).eval(), (x, text.ids, text.mask), model_path, "images", names,
             free)
