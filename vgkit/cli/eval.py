@@ -214,9 +214,9 @@ def bench_cmd(
                               ev.recipe.data.dataset.name))
     shown = {dataset} if dataset else {r["dataset"] for r in rows}
     declared = [p for p in published(registry) if not shown or p["dataset"] in shown]
-    first = {d: i for i, d in reversed(list(enumerate(p["dataset"] for p in declared)))}
+    rank = {d: i for i, d in enumerate(dict.fromkeys(p["dataset"] for p in declared))}
     reference = sorted((p for p in declared if split in (None, p["split"])),
-                       key=lambda p: (first[p["dataset"]], report_order(p["split"])))
+                       key=lambda p: (rank[p["dataset"]], report_order(p["split"])))
     what = ", ".join(sorted(shown)) if shown else "every dataset"
     console.print(_published_table(reference, f"published Acc@0.5 on {what}, "
                                               f"{f'{split} split' if split else 'every split'} "
@@ -228,7 +228,7 @@ def bench_cmd(
         console.print(f"no number is declared for the {split} split of {what}; the recipes "
                       f"declare {', '.join(have)} (--split {have[0]})")
     if rows:
-        where = f"{split}" if split else "each recipe's data.test_split"
+        where = split or "each recipe's data.test_split"
         table = Table(title=f"checkpoints on {where} (continuous IoU, original pixels)")
         for col in ("recipe / dataset split", "reported", "Acc@0.5", "mIoU", "n", "refs/s", "peak MiB",
                     "device"):
