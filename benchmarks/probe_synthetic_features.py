@@ -3,8 +3,9 @@
 The paper-shaped synthetic recipes ground phrases through a RANDOM-init VGG16 (no
 weights can be downloaded), the `-lite0` ones through ImageNet EfficientNet-Lite0. This
 script asks how much of each attribute a phrase can name (shape, colour, size) a linear
-classifier can read off the cached maps (VGG16's conv5_3, or Lite0's), at the cell under the object's centre and averaged over the cells its box covers, trained on the
-train split's objects and scored on the test split's. Where a probe is far below
+classifier can read off the cached maps (VGG16's conv5_3, or Lite0's), at the cell under
+the object's centre and averaged over the cells its box covers, trained on the train
+split's objects and scored on the test split's. Where a probe is far below
 100%, phrases that name that attribute must be grounded on features that hardly tell
 its values apart; where it is near 100%, the limit lies in the heads, not the maps.
 
